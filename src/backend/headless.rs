@@ -1,0 +1,260 @@
+//! Headless backend: no udev, seat or libinput. Each output renders into a small swapchain of
+//! offscreen buffers, so buffer age and damage tracking behave as they do on KMS, and frames
+//! are paced by a timer at the output's refresh (driven by [`crate::Compositor`]).
+
+use smithay::backend::allocator::dmabuf::Dmabuf;
+use smithay::backend::allocator::Fourcc;
+use smithay::backend::egl::{EGLContext, EGLDevice, EGLDisplay};
+use smithay::backend::renderer::damage::OutputDamageTracker;
+use smithay::backend::renderer::element::RenderElementStates;
+use smithay::backend::renderer::gles::{GlesRenderbuffer, GlesRenderer};
+use smithay::backend::renderer::pixman::PixmanRenderer;
+use smithay::backend::renderer::{Bind, ExportMem, ImportAll, ImportDma, ImportMem, Offscreen, Renderer, Texture};
+use smithay::output::Output;
+use smithay::reexports::pixman::Image;
+
+use smithay::delegate_dmabuf;
+use smithay::reexports::wayland_server::DisplayHandle;
+use smithay::wayland::dmabuf::{DmabufGlobal, DmabufHandler, DmabufState, ImportNotifier};
+
+use crate::backend::Backend;
+use crate::import::DmabufImport;
+use crate::State;
+use crate::core::Core;
+use crate::render::{output_elements, read_framebuffer, clear_color, Screenshot, ScreenshotError};
+
+/// Which renderer the headless backend draws with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RendererKind {
+    /// CPU rendering with pixman. Always available.
+    #[default]
+    Pixman,
+    /// GLES on an EGL software device (llvmpipe).
+    Gles,
+}
+
+/// Why the headless backend could not start or draw.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadlessError {
+    #[error("pixman renderer: {0}")]
+    Pixman(String),
+    #[error("no EGL software device (EGL_MESA_device_software) is available: {0}")]
+    NoSoftwareDevice(String),
+    #[error("GLES renderer: {0}")]
+    Gles(String),
+    #[error("output {0} is not known to the headless backend")]
+    UnknownOutput(String),
+    #[error("rendering failed: {0}")]
+    Render(String),
+}
+
+/// Buffers per output. Two are enough for a correct age without a compositor-side copy.
+const SWAPCHAIN_LEN: usize = 2;
+
+struct Slot<T> {
+    target: T,
+    /// Frame number this slot was last rendered at; `None` means undefined contents (age 0).
+    rendered_at: Option<u64>,
+}
+
+struct OffscreenOutput<T> {
+    output: Output,
+    damage: OutputDamageTracker,
+    slots: Vec<Slot<T>>,
+    frame: u64,
+    front: Option<usize>,
+}
+
+struct Swapchains<R, T> {
+    renderer: R,
+    format: Fourcc,
+    outputs: Vec<OffscreenOutput<T>>,
+}
+
+/// What one headless frame did.
+#[derive(Debug)]
+pub struct FrameReport {
+    /// Whether any pixel changed.
+    pub damaged: bool,
+    /// Per-element render states, for primary-scanout and presentation bookkeeping.
+    pub states: RenderElementStates,
+}
+
+impl<R, T> Swapchains<R, T>
+where
+    R: Renderer + ImportAll + ImportMem + ImportDma + ExportMem + Bind<T> + Offscreen<T>,
+    R::TextureId: Clone + Texture + 'static,
+    R::Error: std::fmt::Display,
+{
+    fn add_output(&mut self, output: &Output) -> Result<(), HeadlessError> {
+        let size = output.current_mode().map(|m| m.size).unwrap_or_default();
+        let buffer_size = (size.w, size.h).into();
+        let mut slots = Vec::with_capacity(SWAPCHAIN_LEN);
+        for _ in 0..SWAPCHAIN_LEN {
+            let target = self
+                .renderer
+                .create_buffer(self.format, buffer_size)
+                .map_err(|e| HeadlessError::Render(e.to_string()))?;
+            slots.push(Slot { target, rendered_at: None });
+        }
+        self.outputs.push(OffscreenOutput {
+            output: output.clone(),
+            damage: OutputDamageTracker::from_output(output),
+            slots,
+            frame: 0,
+            front: None,
+        });
+        Ok(())
+    }
+
+    fn render<B: Backend>(&mut self, output: &Output, core: &Core<B>) -> Result<FrameReport, HeadlessError> {
+        let out = self
+            .outputs
+            .iter_mut()
+            .find(|o| &o.output == output)
+            .ok_or_else(|| HeadlessError::UnknownOutput(output.name()))?;
+        out.frame += 1;
+        let index = out.front.map_or(0, |f| (f + 1) % out.slots.len());
+        let slot = &mut out.slots[index];
+        let age = slot.rendered_at.map_or(0, |at| (out.frame - at) as usize);
+        let elements = output_elements(&mut self.renderer, core, output);
+        let mut framebuffer = self.renderer.bind(&mut slot.target).map_err(|e| HeadlessError::Render(e.to_string()))?;
+        let result = out
+            .damage
+            .render_output(&mut self.renderer, &mut framebuffer, age, &elements, clear_color(core.shell.mode))
+            .map_err(|e| HeadlessError::Render(format!("{e:?}")))?;
+        let damaged = result.damage.is_some_and(|d| !d.is_empty());
+        if let Err(err) = result.sync.wait() {
+            tracing::warn!(?err, "render fence wait failed");
+        }
+        let states = result.states;
+        slot.rendered_at = Some(out.frame);
+        out.front = Some(index);
+        Ok(FrameReport { damaged, states })
+    }
+
+    fn screenshot(&mut self, output: &Output) -> Result<Screenshot, ScreenshotError> {
+        let out = self.outputs.iter_mut().find(|o| &o.output == output).ok_or(ScreenshotError::NoFrame)?;
+        let front = out.front.ok_or(ScreenshotError::NoFrame)?;
+        let size = output.current_mode().map(|m| m.size).unwrap_or_default();
+        let framebuffer = self
+            .renderer
+            .bind(&mut out.slots[front].target)
+            .map_err(|e| ScreenshotError::Readback(e.to_string()))?;
+        read_framebuffer(&mut self.renderer, &framebuffer, size.w.max(0) as u32, size.h.max(0) as u32)
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // one per backend, never moved after creation
+enum AnyRenderer {
+    Pixman(Swapchains<PixmanRenderer, Image<'static, 'static>>),
+    Gles(Swapchains<GlesRenderer, GlesRenderbuffer>),
+}
+
+/// Runs `$body` with `$r` bound to whichever offscreen renderer is active.
+macro_rules! with_renderer {
+    ($self:expr, $r:ident => $body:expr) => {
+        match $self {
+            AnyRenderer::Pixman($r) => $body,
+            AnyRenderer::Gles($r) => $body,
+        }
+    };
+}
+
+/// The headless backend.
+pub struct Headless {
+    renderer: AnyRenderer,
+    dmabuf: DmabufImport,
+    redraw_requested: bool,
+}
+
+impl Headless {
+    /// Creates the renderer. GLES needs an EGL software device; Pixman always works.
+    pub fn new(kind: RendererKind, display: &DisplayHandle) -> Result<Self, HeadlessError> {
+        let renderer = match kind {
+            RendererKind::Pixman => AnyRenderer::Pixman(Swapchains {
+                renderer: PixmanRenderer::new().map_err(|e| HeadlessError::Pixman(e.to_string()))?,
+                format: Fourcc::Argb8888,
+                outputs: Vec::new(),
+            }),
+            RendererKind::Gles => AnyRenderer::Gles(Swapchains {
+                renderer: software_gles()?,
+                format: Fourcc::Abgr8888,
+                outputs: Vec::new(),
+            }),
+        };
+        let formats = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
+        let dmabuf = DmabufImport::new::<State<Headless>>(display, formats);
+        tracing::info!(renderer = ?kind, "headless backend ready");
+        Ok(Self { renderer, dmabuf, redraw_requested: true })
+    }
+
+    pub fn renderer_kind(&self) -> RendererKind {
+        match self.renderer {
+            AnyRenderer::Pixman(_) => RendererKind::Pixman,
+            AnyRenderer::Gles(_) => RendererKind::Gles,
+        }
+    }
+
+    /// Allocates the swapchain for a new output.
+    pub fn add_output(&mut self, output: &Output) -> Result<(), HeadlessError> {
+        with_renderer!(&mut self.renderer, r => r.add_output(output))
+    }
+
+    /// Renders one frame of `output` into its next swapchain slot.
+    pub fn render<B: Backend>(&mut self, output: &Output, core: &Core<B>) -> Result<FrameReport, HeadlessError> {
+        self.redraw_requested = false;
+        with_renderer!(&mut self.renderer, r => r.render(output, core))
+    }
+
+    /// Reads back the frame `output` currently shows.
+    pub fn screenshot(&mut self, output: &Output) -> Result<Screenshot, ScreenshotError> {
+        with_renderer!(&mut self.renderer, r => r.screenshot(output))
+    }
+
+    /// Test-imports a client dma-buf into the renderer.
+    pub fn import_dmabuf(&mut self, dmabuf: &Dmabuf) -> Result<(), String> {
+        with_renderer!(&mut self.renderer, r => r.renderer.import_dmabuf(dmabuf, None).map(|_| ()).map_err(|e| e.to_string()))
+    }
+}
+
+impl DmabufHandler for State<Headless> {
+    fn dmabuf_state(&mut self) -> &mut DmabufState {
+        &mut self.backend.dmabuf.state
+    }
+
+    fn dmabuf_imported(&mut self, _global: &DmabufGlobal, dmabuf: Dmabuf, notifier: ImportNotifier) {
+        // Every notifier is answered: a dropped one leaves the client waiting forever.
+        match self.backend.import_dmabuf(&dmabuf) {
+            Ok(()) => {
+                if let Err(err) = notifier.successful::<Self>() {
+                    tracing::debug!(?err, "client went away before its dma-buf was ready");
+                }
+            }
+            Err(reason) => {
+                tracing::info!(%reason, format = ?smithay::backend::allocator::Buffer::format(&dmabuf), "dma-buf import failed");
+                notifier.failed();
+            }
+        }
+    }
+}
+
+delegate_dmabuf!(State<Headless>);
+
+impl Backend for Headless {
+    fn schedule_redraw(&mut self) {
+        self.redraw_requested = true;
+    }
+}
+
+fn software_gles() -> Result<GlesRenderer, HeadlessError> {
+    let device = EGLDevice::enumerate()
+        .map_err(|e| HeadlessError::NoSoftwareDevice(e.to_string()))?
+        .find(EGLDevice::is_software)
+        .ok_or_else(|| HeadlessError::NoSoftwareDevice("no device lists the extension".into()))?;
+    // SAFETY: the EGLDevice is valid for the lifetime of the display we create from it.
+    let display = unsafe { EGLDisplay::new(device) }.map_err(|e| HeadlessError::Gles(e.to_string()))?;
+    let context = EGLContext::new(&display).map_err(|e| HeadlessError::Gles(e.to_string()))?;
+    // SAFETY: the context was just created and is not current on any other thread.
+    unsafe { GlesRenderer::new(context) }.map_err(|e| HeadlessError::Gles(e.to_string()))
+}

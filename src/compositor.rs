@@ -1,0 +1,415 @@
+//! The runnable compositor: event loop, Wayland display and socket, frame pacing, the launched
+//! app, screenshots and exit conditions. The `cohere` binary is a thin CLI over this type, and
+//! an embedder can drive it the same way.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smithay::output::Output;
+use smithay::reexports::calloop::generic::Generic;
+use smithay::reexports::calloop::timer::{TimeoutAction, Timer};
+use smithay::reexports::calloop::{EventLoop, Interest, Mode, PostAction};
+use smithay::reexports::wayland_server::{Client, Display};
+use smithay::wayland::socket::ListeningSocketSource;
+
+use crate::backend::headless::{Headless, HeadlessError, RendererKind};
+use crate::backend::Backend;
+use crate::core::{ClientState, Core, OutputConfig};
+use crate::render::{finish_frame, Screenshot};
+use crate::shell::ShellMode;
+use crate::State;
+
+/// How frames are paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FramePacing {
+    /// A timer at each output's refresh rate.
+    #[default]
+    Refresh,
+    /// Frames happen only when [`Compositor::advance_frame`] is called (deterministic tests).
+    #[cfg(feature = "test-support")]
+    Manual,
+}
+
+/// Where clients connect.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SocketChoice {
+    /// The first free `wayland-N`.
+    #[default]
+    Auto,
+    /// Exactly this name under `$XDG_RUNTIME_DIR`; in use is an error.
+    Named(String),
+    /// No listening socket (clients are inserted directly, as in tests).
+    None,
+}
+
+/// A screenshot to write once the primary output has shown `after_frames` frames.
+#[derive(Debug)]
+pub struct ScreenshotRequest {
+    pub path: PathBuf,
+    pub after_frames: u64,
+    /// Opened at start-up so an unwritable path fails before anything runs.
+    file: File,
+}
+
+impl ScreenshotRequest {
+    /// Opens (creates) `path` for writing now; the PNG is written later.
+    pub fn new(path: PathBuf, after_frames: u64) -> std::io::Result<Self> {
+        let file = File::create(&path)?;
+        Ok(Self { path, after_frames, file })
+    }
+}
+
+/// Everything the compositor needs to start.
+#[derive(Debug, Default)]
+pub struct Options {
+    pub shell: ShellMode,
+    /// One entry per output; empty means one default output.
+    pub outputs: Vec<OutputConfig>,
+    pub renderer: RendererKind,
+    pub socket: SocketChoice,
+    pub screenshot: Option<ScreenshotRequest>,
+    pub exit_after_frames: Option<u64>,
+    pub pacing: FramePacing,
+}
+
+/// Why [`Compositor::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `--exit-after-frames` was reached.
+    FramesDone,
+    /// The launched app exited (kiosk); carries the status cohere should exit with.
+    AppExited(i32),
+    /// A fatal backend error.
+    Failed,
+}
+
+/// Errors that stop the compositor from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Headless(#[from] HeadlessError),
+    #[error("could not create the Wayland display: {0}")]
+    Display(String),
+    #[error("socket {name:?}: {reason}")]
+    Socket { name: String, reason: String },
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    #[error("could not launch {command:?}: {source}")]
+    Spawn { command: String, source: std::io::Error },
+}
+
+/// Run-time controls that frame handlers consult: screenshot, exit conditions.
+#[derive(Debug, Default)]
+pub struct Control {
+    pub exit: Option<Exit>,
+    screenshot: Option<ScreenshotRequest>,
+    exit_after_frames: Option<u64>,
+    /// Frames shown by the primary output.
+    primary_frames: u64,
+    /// Set when the launched app's pidfd became readable.
+    app_exited: bool,
+    #[cfg(feature = "test-support")]
+    pub last_screenshot: Option<Screenshot>,
+}
+
+/// The app cohere launched, and what its exit means.
+struct LaunchedApp {
+    child: Child,
+    exit_with_app: bool,
+}
+
+/// A compositor with its event loop.
+pub struct Compositor<B: Backend> {
+    event_loop: EventLoop<'static, State<B>>,
+    pub state: State<B>,
+    socket_name: Option<OsString>,
+    app: Option<LaunchedApp>,
+}
+
+impl Compositor<Headless> {
+    /// Starts a headless compositor with the given options.
+    pub fn new_headless(options: Options) -> Result<Self, StartError> {
+        let event_loop: EventLoop<'static, State<Headless>> =
+            EventLoop::try_new().map_err(|e| StartError::EventLoop(e.to_string()))?;
+        let display: Display<State<Headless>> = Display::new().map_err(|e| StartError::Display(e.to_string()))?;
+        let dh = display.handle();
+        let backend = Headless::new(options.renderer, &dh)?;
+        let mut core = Core::new(dh, options.shell);
+        let configs = if options.outputs.is_empty() { vec![OutputConfig::default()] } else { options.outputs.clone() };
+        let mut outputs = Vec::new();
+        for (i, config) in configs.iter().enumerate() {
+            outputs.push((core.add_output(&format!("HEADLESS-{}", i + 1), *config, "headless"), *config));
+        }
+        let mut state = State { backend, core };
+        for (output, _) in &outputs {
+            state.backend.add_output(output)?;
+        }
+        state.core.control.screenshot = options.screenshot;
+        state.core.control.exit_after_frames = options.exit_after_frames;
+        let mut compositor = Self::assemble(event_loop, display, state, &options.socket)?;
+        if options.pacing == FramePacing::Refresh {
+            for (output, config) in outputs {
+                compositor.pace_headless_output(output, config.refresh_interval())?;
+            }
+        }
+        Ok(compositor)
+    }
+
+    fn pace_headless_output(&mut self, output: Output, interval: Duration) -> Result<(), StartError> {
+        let mut next = Instant::now() + interval;
+        let timer = Timer::from_deadline(next);
+        self.event_loop
+            .handle()
+            .insert_source(timer, move |_, _, state| {
+                headless_frame(state, &output, interval);
+                // Schedule from the previous deadline, not from now, so the cadence doesn't drift;
+                // after a long stall skip missed frames instead of bursting.
+                next += interval;
+                let now = Instant::now();
+                if next < now {
+                    next = now + interval;
+                }
+                TimeoutAction::ToInstant(next)
+            })
+            .map_err(|e| StartError::EventLoop(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Renders and presents one frame on `output` now (manual pacing).
+    #[cfg(feature = "test-support")]
+    pub fn advance_frame(&mut self, output: &Output) {
+        let interval = self
+            .state
+            .core
+            .output_config(output)
+            .map(|c| c.refresh_interval())
+            .unwrap_or(Duration::from_millis(16));
+        headless_frame(&mut self.state, output, interval);
+        self.flush();
+    }
+
+    /// Reads back what `output` shows right now.
+    pub fn screenshot(&mut self, output: &Output) -> Result<Screenshot, crate::render::ScreenshotError> {
+        self.state.backend.screenshot(output)
+    }
+}
+
+/// One headless frame: render, present, then the screenshot and exit checks.
+fn headless_frame(state: &mut State<Headless>, output: &Output, interval: Duration) {
+    let report = match state.backend.render(output, &state.core) {
+        Ok(report) => report,
+        Err(err) => {
+            tracing::error!(%err, output = output.name(), "frame failed");
+            state.core.control.exit = Some(Exit::Failed);
+            return;
+        }
+    };
+    let presented = state.core.clock.now();
+    state.core.counters.frames += 1;
+    if report.damaged {
+        state.core.counters.frames_rendered += 1;
+    }
+    let seq = state.core.counters.frames;
+    finish_frame(&mut state.core, output, &report.states, presented, interval, seq);
+
+    if state.core.primary_output() != Some(output) {
+        return;
+    }
+    let control = &mut state.core.control;
+    control.primary_frames += 1;
+    let frames = control.primary_frames;
+    if control.screenshot.as_ref().is_some_and(|s| frames >= s.after_frames) {
+        if let Some(request) = control.screenshot.take() {
+            match state.backend.screenshot(output) {
+                Ok(shot) => {
+                    match shot.write_png(std::io::BufWriter::new(&request.file)) {
+                        Ok(()) => tracing::info!(path = %request.path.display(), frame = frames, "screenshot written"),
+                        Err(err) => {
+                            tracing::error!(%err, path = %request.path.display(), "screenshot not written");
+                            control.exit = Some(Exit::Failed);
+                        }
+                    }
+                    #[cfg(feature = "test-support")]
+                    {
+                        control.last_screenshot = Some(shot);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(%err, "screenshot readback failed");
+                    control.exit = Some(Exit::Failed);
+                }
+            }
+        }
+    }
+    if control.exit_after_frames.is_some_and(|n| frames >= n) && control.exit.is_none() {
+        control.exit = Some(Exit::FramesDone);
+    }
+}
+
+impl<B: Backend> Compositor<B> {
+    fn assemble(
+        event_loop: EventLoop<'static, State<B>>,
+        display: Display<State<B>>,
+        state: State<B>,
+        socket: &SocketChoice,
+    ) -> Result<Self, StartError> {
+        let handle = event_loop.handle();
+        handle
+            .insert_source(Generic::new(display, Interest::READ, Mode::Level), |_, display, state| {
+                // SAFETY: the display is never dropped while the event loop runs.
+                if let Err(err) = unsafe { display.get_mut().dispatch_clients(state) } {
+                    tracing::error!(%err, "dispatching clients failed");
+                }
+                Ok(PostAction::Continue)
+            })
+            .map_err(|e| StartError::EventLoop(e.to_string()))?;
+
+        let socket = match socket {
+            SocketChoice::Auto => Some(ListeningSocketSource::new_auto().map_err(|e| StartError::Socket {
+                name: "wayland-N".into(),
+                reason: e.to_string(),
+            })?),
+            SocketChoice::Named(name) => Some(ListeningSocketSource::with_name(name).map_err(|e| StartError::Socket {
+                name: name.clone(),
+                reason: match e {
+                    smithay::reexports::wayland_server::BindError::AlreadyInUse => "already in use by another compositor".into(),
+                    other => other.to_string(),
+                },
+            })?),
+            SocketChoice::None => None,
+        };
+        let socket_name = socket.as_ref().map(|s| s.socket_name().to_os_string());
+        if let Some(socket) = socket {
+            handle
+                .insert_source(socket, |stream, _, state| {
+                    if let Err(err) = state.core.display_handle.insert_client(stream, Arc::new(ClientState::default())) {
+                        tracing::warn!(%err, "could not accept client");
+                    }
+                })
+                .map_err(|e| StartError::EventLoop(e.to_string()))?;
+        }
+        Ok(Self { event_loop, state, socket_name, app: None })
+    }
+
+    /// The socket name clients use as WAYLAND_DISPLAY, if listening.
+    pub fn socket_name(&self) -> Option<&OsStr> {
+        self.socket_name.as_deref()
+    }
+
+    /// Launches `command` with WAYLAND_DISPLAY pointing at this compositor. In kiosk mode the
+    /// compositor exits with the app's status when it exits.
+    pub fn spawn(&mut self, command: &[OsString]) -> Result<(), StartError> {
+        let Some((program, args)) = command.split_first() else { return Ok(()) };
+        let describe = || command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+        let mut cmd = Command::new(program);
+        cmd.args(args).env_remove("WAYLAND_SOCKET");
+        if let Some(name) = &self.socket_name {
+            cmd.env("WAYLAND_DISPLAY", name);
+        }
+        let child = cmd.spawn().map_err(|source| StartError::Spawn { command: describe(), source })?;
+        let pid = child.id();
+        tracing::info!(pid, command = %describe(), "launched app");
+        let pidfd = rustix::process::Pid::from_raw(pid as i32)
+            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok());
+        let exit_with_app = self.state.core.shell.mode == ShellMode::Kiosk;
+        self.app = Some(LaunchedApp { child, exit_with_app });
+        match pidfd {
+            Some(fd) => self.watch_app(fd),
+            None => tracing::warn!(pid, "pidfd_open failed; the app's exit will not be noticed"),
+        }
+        Ok(())
+    }
+
+    fn watch_app(&mut self, pidfd: OwnedFd) {
+        let source = Generic::new(pidfd, Interest::READ, Mode::Level);
+        let result = self.event_loop.handle().insert_source(source, |_, _, state| {
+            state.core.control.app_exited = true;
+            Ok(PostAction::Remove)
+        });
+        if let Err(err) = result {
+            tracing::warn!(%err, "cannot watch the launched app");
+        }
+    }
+
+    /// Dispatches pending events once, waiting at most `timeout`, then flushes clients.
+    pub fn dispatch(&mut self, timeout: Option<Duration>) -> Option<Exit> {
+        if let Err(err) = self.event_loop.dispatch(timeout, &mut self.state) {
+            tracing::error!(%err, "event loop failed");
+            self.state.core.control.exit = Some(Exit::Failed);
+        }
+        self.reap_app();
+        self.flush();
+        self.state.core.control.exit
+    }
+
+    fn reap_app(&mut self) {
+        if !std::mem::take(&mut self.state.core.control.app_exited) {
+            return;
+        }
+        let Some(app) = self.app.as_mut() else { return };
+        match app.child.try_wait() {
+            Ok(Some(status)) => {
+                let code = exit_code(status);
+                tracing::info!(code, "launched app exited");
+                if app.exit_with_app && self.state.core.control.exit.is_none() {
+                    self.state.core.control.exit = Some(Exit::AppExited(code));
+                }
+                self.app = None;
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%err, "waiting for the launched app"),
+        }
+    }
+
+    /// Sends queued events to every client.
+    pub fn flush(&mut self) {
+        if let Err(err) = self.state.core.display_handle.flush_clients() {
+            tracing::debug!(%err, "flushing clients");
+        }
+    }
+
+    /// Runs until an exit condition is met.
+    pub fn run(&mut self) -> Exit {
+        loop {
+            if let Some(exit) = self.dispatch(None) {
+                return exit;
+            }
+        }
+    }
+
+    /// Connects a client over one end of a socket pair (tests, embedders with their own sockets).
+    pub fn insert_client(&mut self, stream: UnixStream) -> std::io::Result<Client> {
+        self.state.core.display_handle.insert_client(stream, Arc::new(ClientState::default()))
+    }
+
+    #[cfg(feature = "test-support")]
+    pub fn control(&self) -> &Control {
+        &self.state.core.control
+    }
+}
+
+impl<B: Backend> Drop for Compositor<B> {
+    fn drop(&mut self) {
+        // Don't leave the launched app running without its compositor.
+        if let Some(mut app) = self.app.take() {
+            if let Ok(None) = app.child.try_wait() {
+                if let Some(pid) = rustix::process::Pid::from_raw(app.child.id() as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
+                let _ = app.child.wait();
+            }
+        }
+    }
+}
+
+/// The shell convention for a child's status: its exit code, or 128 + the signal number.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}

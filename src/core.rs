@@ -1,0 +1,176 @@
+//! Backend-independent compositor state: protocol globals, the window space, outputs and the
+//! shell policy. The backend half lives in [`crate::backend`]; both are joined in
+//! [`crate::State`] so a handler can borrow them at the same time.
+
+use std::time::Duration;
+
+use smithay::desktop::{PopupManager, Space, Window};
+use smithay::input::{Seat, SeatState};
+use smithay::output::{Mode, Output, PhysicalProperties, Scale, Subpixel};
+use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason};
+use smithay::reexports::wayland_server::protocol::wl_shm;
+use smithay::reexports::wayland_server::DisplayHandle;
+use smithay::utils::{Clock, Monotonic, Point, Size, Transform};
+use smithay::wayland::compositor::{CompositorClientState, CompositorState};
+use smithay::wayland::output::OutputManagerState;
+use smithay::wayland::presentation::PresentationState;
+use smithay::wayland::shell::xdg::decoration::XdgDecorationState;
+use smithay::wayland::shell::xdg::XdgShellState;
+use smithay::wayland::shm::ShmState;
+use smithay::wayland::viewporter::ViewporterState;
+
+use crate::shell::{Shell, ShellMode};
+use crate::backend::Backend;
+use crate::State;
+
+/// One virtual or physical output as the user configured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputConfig {
+    /// Mode size in physical pixels.
+    pub size: (i32, i32),
+    /// Refresh rate in millihertz (60 Hz = 60_000).
+    pub refresh_mhz: u32,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self { size: (1280, 720), refresh_mhz: 60_000 }
+    }
+}
+
+impl OutputConfig {
+    /// Duration of one refresh cycle. A zero refresh is clamped to 1 mHz so the division is defined;
+    /// the CLI rejects zero before it gets here.
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_nanos(1_000_000_000_000u64 / u64::from(self.refresh_mhz.max(1)))
+    }
+}
+
+/// Counters that tests and `inspect` read. They only ever grow.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames completed on any output (one per refresh tick).
+    pub frames: u64,
+    /// Frames in which the renderer drew any damage.
+    pub frames_rendered: u64,
+}
+
+/// Per-client data smithay needs for every connection.
+#[derive(Default)]
+pub struct ClientState {
+    pub compositor_state: CompositorClientState,
+}
+
+impl ClientData for ClientState {
+    fn initialized(&self, _client_id: ClientId) {}
+    fn disconnected(&self, client_id: ClientId, reason: DisconnectReason) {
+        tracing::debug!(?client_id, ?reason, "client disconnected");
+    }
+}
+
+/// The protocol globals cohere ships. Tests use exactly these, never a reduced set.
+pub struct Globals<B: Backend> {
+    pub compositor: CompositorState,
+    pub xdg_shell: XdgShellState,
+    pub xdg_decoration: XdgDecorationState,
+    pub shm: ShmState,
+    pub output_manager: OutputManagerState,
+    pub seat_state: SeatState<State<B>>,
+    pub presentation: PresentationState,
+    pub viewporter: ViewporterState,
+}
+
+/// Backend-independent half of [`State`].
+pub struct Core<B: Backend> {
+    pub display_handle: DisplayHandle,
+    pub globals: Globals<B>,
+    pub space: Space<Window>,
+    pub popups: PopupManager,
+    pub seat: Seat<State<B>>,
+    pub shell: Shell,
+    pub clock: Clock<Monotonic>,
+    pub counters: Counters,
+    pub control: crate::compositor::Control,
+    outputs: Vec<(Output, OutputConfig)>,
+}
+
+impl<B: Backend> Core<B> {
+    /// Creates every global cohere advertises except the backend-specific ones (linux-dmabuf).
+    pub fn new(display_handle: DisplayHandle, shell: ShellMode) -> Self {
+        let dh = &display_handle;
+        let clock = Clock::<Monotonic>::new();
+        let mut seat_state = SeatState::new();
+        let mut seat = seat_state.new_wl_seat(dh, "seat0");
+        // Both capabilities are present even headless so clients that require them still start.
+        if let Err(err) = seat.add_keyboard(Default::default(), 200, 25) {
+            tracing::warn!(%err, "no keyboard: xkb keymap could not be compiled");
+        }
+        seat.add_pointer();
+        let globals = Globals {
+            compositor: CompositorState::new_v6::<State<B>>(dh),
+            xdg_shell: XdgShellState::new::<State<B>>(dh),
+            xdg_decoration: XdgDecorationState::new::<State<B>>(dh),
+            shm: ShmState::new::<State<B>>(dh, Vec::<wl_shm::Format>::new()),
+            output_manager: OutputManagerState::new_with_xdg_output::<State<B>>(dh),
+            seat_state,
+            presentation: PresentationState::new::<State<B>>(dh, clock.id() as u32),
+            viewporter: ViewporterState::new::<State<B>>(dh),
+        };
+        Self {
+            display_handle,
+            globals,
+            space: Space::default(),
+            popups: PopupManager::default(),
+            seat,
+            shell: Shell::new(shell),
+            clock,
+            counters: Counters::default(),
+            control: Default::default(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Adds an output to the right of the existing ones and advertises it as wl_output + xdg-output.
+    pub fn add_output(&mut self, name: &str, config: OutputConfig, model: &str) -> Output {
+        let output = Output::new(
+            name.to_owned(),
+            PhysicalProperties {
+                size: (0, 0).into(),
+                subpixel: Subpixel::Unknown,
+                make: "cohere".into(),
+                model: model.into(),
+            },
+        );
+        let x: i32 = self.outputs.iter().map(|(_, c)| c.size.0).sum();
+        let mode = Mode { size: config.size.into(), refresh: config.refresh_mhz as i32 };
+        output.change_current_state(Some(mode), Some(Transform::Normal), Some(Scale::Integer(1)), Some((x, 0).into()));
+        output.set_preferred(mode);
+        output.create_global::<State<B>>(&self.display_handle);
+        self.space.map_output(&output, (x, 0));
+        self.outputs.push((output.clone(), config));
+        tracing::info!(output = name, w = config.size.0, h = config.size.1, mhz = config.refresh_mhz, "output added");
+        output
+    }
+
+    pub fn outputs(&self) -> impl Iterator<Item = &Output> {
+        self.outputs.iter().map(|(o, _)| o)
+    }
+
+    pub fn output_config(&self, output: &Output) -> Option<OutputConfig> {
+        self.outputs.iter().find(|(o, _)| o == output).map(|(_, c)| *c)
+    }
+
+    /// The output new kiosk windows go to and the one screenshots default to.
+    pub fn primary_output(&self) -> Option<&Output> {
+        self.outputs.first().map(|(o, _)| o)
+    }
+
+    /// Logical size of an output, for fullscreen configures.
+    pub fn output_size(&self, output: &Output) -> Size<i32, smithay::utils::Logical> {
+        self.space.output_geometry(output).map(|g| g.size).unwrap_or_default()
+    }
+
+    pub fn output_origin(&self, output: &Output) -> Point<i32, smithay::utils::Logical> {
+        self.space.output_geometry(output).map(|g| g.loc).unwrap_or_default()
+    }
+}

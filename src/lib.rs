@@ -1,0 +1,43 @@
+//! cohere: a Smithay-based Wayland compositor and dma-buf import backend.
+//!
+//! cohere validates every client dma-buf at import and works out, from facts about the buffer and
+//! the machine, which consumers (render GPU, display controller, CPU) can read it coherently, then
+//! picks the cheapest correct path to show it. See ARCHITECTURE.md for the map of modules.
+//!
+//! # How to use
+//!
+//! A headless compositor with one 640x480 output, driven by hand. The `cohere` binary does the
+//! same with [`Compositor::run`] and a listening socket.
+//!
+//! ```no_run
+//! use cohere::{Compositor, Options, OutputConfig, ShellMode, SocketChoice};
+//!
+//! let options = Options {
+//!     shell: ShellMode::Kiosk,
+//!     outputs: vec![OutputConfig { size: (640, 480), refresh_mhz: 60_000 }],
+//!     socket: SocketChoice::Auto,
+//!     exit_after_frames: Some(120),
+//!     ..Options::default()
+//! };
+//! let mut compositor = Compositor::new_headless(options)?;
+//! println!("WAYLAND_DISPLAY={:?}", compositor.socket_name());
+//! let exit = compositor.run();
+//! println!("stopped: {exit:?}");
+//! # Ok::<(), cohere::StartError>(())
+//! ```
+
+pub mod backend;
+pub mod compositor;
+pub mod core;
+pub mod import;
+pub mod render;
+pub mod shell;
+mod state;
+
+pub use backend::headless::{Headless, RendererKind};
+pub use backend::Backend;
+pub use compositor::{Compositor, Exit, FramePacing, Options, ScreenshotRequest, SocketChoice, StartError};
+pub use core::{Core, Counters, OutputConfig};
+pub use render::Screenshot;
+pub use shell::ShellMode;
+pub use state::State;

@@ -1,0 +1,155 @@
+//! The `cohere` command line. Everything it does goes through the library's public API, the way
+//! an embedding compositor would use it.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use cohere::{Compositor, Exit, Options, OutputConfig, RendererKind, ScreenshotRequest, ShellMode, SocketChoice};
+
+#[derive(Debug, Parser)]
+#[command(name = "cohere", version, about = "Wayland compositor that shows client dma-bufs through the cheapest coherent path")]
+struct Cli {
+    /// Run without KMS, on virtual outputs paced by a timer.
+    #[arg(long)]
+    headless: bool,
+    /// Every window fullscreen, newest on top; exit with the launched app's status.
+    #[arg(long, conflicts_with = "desktop")]
+    kiosk: bool,
+    /// Overlapping windows at their own size (the default).
+    #[arg(long)]
+    desktop: bool,
+    /// Output size WIDTHxHEIGHT; repeat for more outputs.
+    #[arg(long = "size", value_name = "WxH", value_parser = parse_size)]
+    sizes: Vec<(i32, i32)>,
+    /// Output refresh rate in Hz.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_refresh)]
+    refresh: f64,
+    /// Renderer for headless outputs.
+    #[arg(long, value_enum, default_value_t = RendererArg::Pixman)]
+    renderer: RendererArg,
+    /// Listen on this socket name under $XDG_RUNTIME_DIR instead of the first free wayland-N.
+    #[arg(long, value_name = "NAME")]
+    socket: Option<String>,
+    /// Write a PNG of the first output's frame.
+    #[arg(long, value_name = "FILE.png")]
+    screenshot: Option<PathBuf>,
+    /// Which frame of the first output to capture with --screenshot.
+    #[arg(long, value_name = "N", default_value_t = 60, requires = "screenshot")]
+    after_frames: u64,
+    /// Exit after the first output has shown N frames.
+    #[arg(long, value_name = "N")]
+    exit_after_frames: Option<u64>,
+    /// App to launch with WAYLAND_DISPLAY set.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RendererArg {
+    Pixman,
+    Gles,
+}
+
+fn parse_size(s: &str) -> Result<(i32, i32), String> {
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("{s:?} is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| -> Result<i32, String> {
+        let n: i32 = v.trim().parse().map_err(|_| format!("{v:?} is not a number"))?;
+        if !(1..=16384).contains(&n) {
+            return Err(format!("{n} is outside 1..=16384"));
+        }
+        Ok(n)
+    };
+    Ok((parse(w)?, parse(h)?))
+}
+
+fn parse_refresh(s: &str) -> Result<f64, String> {
+    let hz: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(1.0..=1000.0).contains(&hz) {
+        return Err(format!("{hz} Hz is outside 1..=1000"));
+    }
+    Ok(hz)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("cohere: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Wayland sockets live in $XDG_RUNTIME_DIR. A root shell on a bare Debian has none, so make a
+/// private one instead of refusing to start; the launched app inherits it.
+fn ensure_runtime_dir() -> anyhow::Result<()> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir()) {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("cohere-runtime-{}", rustix::process::getuid().as_raw()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restricting {}", dir.display()))?;
+    eprintln!("cohere: XDG_RUNTIME_DIR was not set; using {}", dir.display());
+    // Single-threaded at this point: nothing else reads the environment concurrently.
+    std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    ensure_runtime_dir()?;
+    if !cli.headless {
+        // The KMS backend is not built yet; say so rather than failing.
+        eprintln!("cohere: no KMS backend in this build; running headless");
+    }
+    let refresh_mhz = (cli.refresh * 1000.0).round() as u32;
+    let outputs = cli.sizes.iter().map(|&size| OutputConfig { size, refresh_mhz }).collect::<Vec<_>>();
+    let outputs = if outputs.is_empty() { vec![OutputConfig { refresh_mhz, ..OutputConfig::default() }] } else { outputs };
+    let screenshot = match cli.screenshot {
+        Some(path) => Some(
+            ScreenshotRequest::new(path.clone(), cli.after_frames)
+                .with_context(|| format!("cannot write screenshot {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let (Some(shot), Some(exit)) = (&screenshot, cli.exit_after_frames) {
+        if exit < shot.after_frames {
+            bail!("--exit-after-frames {exit} comes before --after-frames {}: the screenshot would never be taken", shot.after_frames);
+        }
+    }
+    let options = Options {
+        shell: if cli.kiosk { ShellMode::Kiosk } else { ShellMode::Desktop },
+        outputs,
+        renderer: match cli.renderer {
+            RendererArg::Pixman => RendererKind::Pixman,
+            RendererArg::Gles => RendererKind::Gles,
+        },
+        socket: cli.socket.map_or(SocketChoice::Auto, SocketChoice::Named),
+        screenshot,
+        exit_after_frames: cli.exit_after_frames,
+        ..Options::default()
+    };
+    let mut compositor = Compositor::new_headless(options)?;
+    if let Some(name) = compositor.socket_name() {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "WAYLAND_DISPLAY={}", name.to_string_lossy())?;
+        out.flush()?;
+    }
+    compositor.spawn(&cli.command)?;
+    Ok(match compositor.run() {
+        Exit::FramesDone => 0,
+        Exit::AppExited(code) => u8::try_from(code).unwrap_or(1),
+        Exit::Failed => 1,
+    })
+}

@@ -1,0 +1,191 @@
+//! Backend-neutral frame work: which elements an output shows, what happens after a frame is
+//! presented (frame callbacks, presentation feedback), and reading a frame back as pixels.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use smithay::backend::allocator::Fourcc;
+use smithay::backend::renderer::element::solid::{SolidColorBuffer, SolidColorRenderElement};
+use smithay::backend::renderer::element::surface::WaylandSurfaceRenderElement;
+use smithay::backend::renderer::element::{render_elements, AsRenderElements, Kind, RenderElementStates};
+use smithay::backend::renderer::{ExportMem, ImportAll, ImportMem, Renderer, Texture};
+use smithay::desktop::utils::{
+    surface_presentation_feedback_flags_from_states, surface_primary_scanout_output, update_surface_primary_scanout_output,
+    OutputPresentationFeedback,
+};
+use smithay::output::Output;
+use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
+use smithay::utils::{Buffer as BufferCoords, Monotonic, Physical, Point, Rectangle, Scale, Time};
+use smithay::wayland::presentation::Refresh;
+
+use crate::backend::Backend;
+use crate::core::Core;
+
+/// Desktop background where no window is.
+pub const DESKTOP_BACKGROUND: [f32; 4] = rgb(0x14, 0x17, 0x1c);
+/// Kiosk border fill around a fullscreen surface smaller than its output.
+pub const KIOSK_FILL: [f32; 4] = rgb(0, 0, 0);
+/// Title bar of the focused desktop window.
+pub const TITLEBAR_FOCUSED: [f32; 4] = rgb(0x33, 0x66, 0xbf);
+/// Title bar of other desktop windows.
+pub const TITLEBAR_UNFOCUSED: [f32; 4] = rgb(0x4c, 0x4c, 0x54);
+
+/// Opaque colour from 8-bit channels, so renderers land on exactly these bytes.
+const fn rgb(r: u8, g: u8, b: u8) -> [f32; 4] {
+    [r as f32 / 255.0, g as f32 / 255.0, b as f32 / 255.0, 1.0]
+}
+
+/// The colour an output is cleared to before windows are drawn.
+pub fn clear_color(mode: crate::shell::ShellMode) -> [f32; 4] {
+    match mode {
+        crate::shell::ShellMode::Kiosk => KIOSK_FILL,
+        crate::shell::ShellMode::Desktop => DESKTOP_BACKGROUND,
+    }
+}
+
+render_elements! {
+    /// Everything an output can show.
+    pub OutputElement<R> where R: ImportAll + ImportMem;
+    Surface = WaylandSurfaceRenderElement<R>,
+    Decoration = SolidColorRenderElement,
+}
+
+/// Elements for `output`, topmost first, with each desktop window's title bar directly below it
+/// in the stacking order so overlapping windows hide each other's bars correctly.
+pub fn output_elements<B, R>(renderer: &mut R, core: &Core<B>, output: &Output) -> Vec<OutputElement<R>>
+where
+    B: Backend,
+    R: Renderer + ImportAll + ImportMem,
+    R::TextureId: Clone + Texture + 'static,
+{
+    let Some(output_geo) = core.space.output_geometry(output) else { return Vec::new() };
+    let scale = Scale::from(output.current_scale().fractional_scale());
+    let mut elements = Vec::new();
+    for window in core.space.elements().rev() {
+        let Some(loc) = core.space.element_location(window) else { continue };
+        let render_loc = (loc - window.geometry().loc - output_geo.loc).to_physical_precise_round(scale);
+        elements.extend(
+            window
+                .render_elements::<WaylandSurfaceRenderElement<R>>(renderer, render_loc, scale, 1.0)
+                .into_iter()
+                .map(OutputElement::Surface),
+        );
+        if let Some((rect, focused)) = core.titlebar(window) {
+            let buffer = window.user_data().get_or_insert(|| RefCell::new(SolidColorBuffer::default()));
+            let mut buffer = buffer.borrow_mut();
+            buffer.update(rect.size, if focused { TITLEBAR_FOCUSED } else { TITLEBAR_UNFOCUSED });
+            let at: Point<f64, Physical> = (rect.loc - output_geo.loc).to_f64().to_physical(scale);
+            elements.push(OutputElement::Decoration(SolidColorRenderElement::from_buffer(
+                &buffer,
+                at.to_i32_round(),
+                scale,
+                1.0,
+                Kind::Unspecified,
+            )));
+        }
+    }
+    elements
+}
+
+/// Work that follows a presented frame: record which output each surface is mainly shown on,
+/// send frame callbacks (one per refresh, so clients are paced by the output) and deliver
+/// presentation feedback with the presentation time.
+pub fn finish_frame<B: Backend>(
+    core: &mut Core<B>,
+    output: &Output,
+    states: &RenderElementStates,
+    presented_at: Time<Monotonic>,
+    refresh: Duration,
+    seq: u64,
+) {
+    let mut feedback = OutputPresentationFeedback::new(output);
+    for window in core.space.elements() {
+        window.with_surfaces(|surface, surface_states| {
+            update_surface_primary_scanout_output(surface, output, surface_states, states, |next, _, _, _| next);
+        });
+        if core.space.outputs_for_element(window).contains(output) {
+            window.take_presentation_feedback(&mut feedback, surface_primary_scanout_output, |surface, _| {
+                surface_presentation_feedback_flags_from_states(surface, states)
+            });
+            window.send_frame(output, presented_at, Some(Duration::ZERO), surface_primary_scanout_output);
+        }
+    }
+    // Headless frames are paced by a timer, not a vblank, so no Vsync/HwClock flags are claimed.
+    feedback.presented(presented_at, Refresh::fixed(refresh), seq, wp_presentation_feedback::Kind::empty());
+    core.space.refresh();
+    core.popups.cleanup();
+}
+
+/// A frame read back from an output, as tightly packed RGBA8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Screenshot {
+    pub width: u32,
+    pub height: u32,
+    pub rgba: Vec<u8>,
+}
+
+/// Why a frame could not be read back or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ScreenshotError {
+    #[error("no frame has been rendered on this output yet")]
+    NoFrame,
+    #[error("the renderer could not read the frame back: {0}")]
+    Readback(String),
+    #[error("the frame is {got} bytes, expected {expected}")]
+    Size { got: usize, expected: usize },
+    #[error("PNG encoding failed: {0}")]
+    Png(#[from] png::EncodingError),
+}
+
+impl Screenshot {
+    /// Returns the pixel at (x, y) as [r, g, b, a], or None outside the image.
+    pub fn pixel(&self, x: u32, y: u32) -> Option<[u8; 4]> {
+        if x >= self.width || y >= self.height {
+            return None;
+        }
+        let i = ((y as usize) * (self.width as usize) + x as usize) * 4;
+        self.rgba.get(i..i + 4).and_then(|p| p.try_into().ok())
+    }
+
+    /// Writes the frame as an 8-bit RGBA PNG.
+    pub fn write_png<W: std::io::Write>(&self, writer: W) -> Result<(), ScreenshotError> {
+        let mut encoder = png::Encoder::new(writer, self.width, self.height);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(&self.rgba)?;
+        writer.finish()?;
+        Ok(())
+    }
+}
+
+/// Reads back `size` pixels of the bound framebuffer. The result is opaque: the alpha channel
+/// of a scanout buffer carries no meaning for what a display shows.
+pub fn read_framebuffer<R>(
+    renderer: &mut R,
+    framebuffer: &R::Framebuffer<'_>,
+    width: u32,
+    height: u32,
+) -> Result<Screenshot, ScreenshotError>
+where
+    R: ExportMem,
+{
+    let region: Rectangle<i32, BufferCoords> = Rectangle::from_size((width as i32, height as i32).into());
+    let mapping = renderer
+        .copy_framebuffer(framebuffer, region, Fourcc::Abgr8888)
+        .map_err(|e| ScreenshotError::Readback(e.to_string()))?;
+    let bytes = renderer.map_texture(&mapping).map_err(|e| ScreenshotError::Readback(e.to_string()))?;
+    let stride = width as usize * 4;
+    let expected = stride * height as usize;
+    if bytes.len() < expected {
+        return Err(ScreenshotError::Size { got: bytes.len(), expected });
+    }
+    // Rows come top-down from both renderers: smithay's GLES renderer draws offscreen targets
+    // y-inverted so that reading them back needs no flip (`TextureMapping::flipped` describes
+    // texture sampling, not this readback). The Pixman-vs-GLES test holds this in place.
+    let mut rgba = bytes[..expected].to_vec();
+    for px in rgba.chunks_exact_mut(4) {
+        px[3] = 0xff;
+    }
+    Ok(Screenshot { width, height, rgba })
+}

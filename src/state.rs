@@ -1,0 +1,95 @@
+//! `State { backend, core }` and the protocol handlers that need no backend-specific knowledge.
+//! Handlers that do (linux-dmabuf import) are implemented on the concrete backend's state in
+//! that backend's module.
+
+use smithay::backend::renderer::utils::on_commit_buffer_handler;
+use smithay::input::{Seat, SeatHandler, SeatState};
+use smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer;
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+use smithay::reexports::wayland_server::Client;
+use smithay::wayland::buffer::BufferHandler;
+use smithay::wayland::compositor::{get_parent, is_sync_subsurface, CompositorClientState, CompositorHandler, CompositorState};
+use smithay::wayland::output::OutputHandler;
+use smithay::wayland::shm::{ShmHandler, ShmState};
+use smithay::{
+    delegate_compositor, delegate_output, delegate_presentation, delegate_seat, delegate_shm, delegate_viewporter,
+};
+
+use crate::backend::Backend;
+use crate::core::{ClientState, Core};
+
+/// The whole compositor state, split so handlers can borrow the backend and the core at once.
+pub struct State<B: Backend> {
+    pub backend: B,
+    pub core: Core<B>,
+}
+
+impl<B: Backend> CompositorHandler for State<B> {
+    fn compositor_state(&mut self) -> &mut CompositorState {
+        &mut self.core.globals.compositor
+    }
+
+    fn client_compositor_state<'a>(&self, client: &'a Client) -> &'a CompositorClientState {
+        match client.get_data::<ClientState>() {
+            Some(data) => &data.compositor_state,
+            // Every client cohere accepts is inserted with ClientState; an embedder that inserts
+            // its own data gets a shared default instead of a panic.
+            None => fallback_client_state(),
+        }
+    }
+
+    fn commit(&mut self, surface: &WlSurface) {
+        on_commit_buffer_handler::<Self>(surface);
+        if !is_sync_subsurface(surface) {
+            let mut root = surface.clone();
+            while let Some(parent) = get_parent(&root) {
+                root = parent;
+            }
+            if let Some(window) = self.core.window_for_surface(&root) {
+                window.on_commit();
+                self.core.relayout_after_commit(&window);
+            }
+        }
+        crate::shell::ensure_initial_configure(self, surface);
+        self.core.popups.commit(surface);
+        self.backend.schedule_redraw();
+    }
+}
+
+fn fallback_client_state() -> &'static CompositorClientState {
+    static FALLBACK: std::sync::OnceLock<CompositorClientState> = std::sync::OnceLock::new();
+    FALLBACK.get_or_init(CompositorClientState::default)
+}
+
+impl<B: Backend> BufferHandler for State<B> {
+    fn buffer_destroyed(&mut self, _buffer: &WlBuffer) {}
+}
+
+impl<B: Backend> ShmHandler for State<B> {
+    fn shm_state(&self) -> &ShmState {
+        &self.core.globals.shm
+    }
+}
+
+impl<B: Backend> SeatHandler for State<B> {
+    type KeyboardFocus = WlSurface;
+    type PointerFocus = WlSurface;
+    type TouchFocus = WlSurface;
+
+    fn seat_state(&mut self) -> &mut SeatState<Self> {
+        &mut self.core.globals.seat_state
+    }
+
+    fn focus_changed(&mut self, _seat: &Seat<Self>, focused: Option<&WlSurface>) {
+        tracing::trace!(?focused, "keyboard focus");
+    }
+}
+
+impl<B: Backend> OutputHandler for State<B> {}
+
+delegate_compositor!(@<B: Backend + 'static> State<B>);
+delegate_shm!(@<B: Backend + 'static> State<B>);
+delegate_seat!(@<B: Backend + 'static> State<B>);
+delegate_output!(@<B: Backend + 'static> State<B>);
+delegate_presentation!(@<B: Backend + 'static> State<B>);
+delegate_viewporter!(@<B: Backend + 'static> State<B>);

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Quick start 2: set up and run the whole test suite: host tests (unit, client-server fixture,
-# third-party clients), then the real-kernel VM tier.
+# third-party clients), then the real-kernel VM tier, which the `vm` test target boots itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 setup_host
-say "host tests: cargo test --features test-support"
+say "VM tier set-up (cached after the first run): tests/vm/vm.sh setup"
+tests/vm/vm.sh setup
+say "all tests: cargo test --features test-support"
 cargo test --features test-support

@@ -27,12 +27,16 @@
 //! ```
 
 pub mod backend;
+pub mod coherency;
 pub mod compositor;
 pub mod core;
 pub mod import;
 pub mod render;
 pub mod shell;
 mod state;
+pub mod sync;
+#[cfg(feature = "test-support")]
+pub mod testkit;
 
 pub use backend::headless::{Headless, RendererKind};
 pub use backend::Backend;

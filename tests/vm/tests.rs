@@ -1,0 +1,234 @@
+//! Tests that run inside the VM. Each asserts exact values from real kernel objects.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use cohere::coherency::DmabufFdInfo;
+use cohere::sync::{export_sync_file, DmabufAccess};
+use cohere::testkit::fence::{vgem_attach_write_fence, Timeline};
+use cohere::testkit::vkms::{vkms_crc_xrgb8888, Vkms};
+use cohere::testkit::{heap_buffer, udmabuf, vgem_buffer, Card};
+use smithay::reexports::drm::buffer::DrmFourcc;
+
+pub type TestFn = fn() -> Result<(), String>;
+
+pub fn all() -> Vec<(&'static str, TestFn)> {
+    vec![
+        ("dmabuf_sources_report_their_exporter_in_fdinfo", dmabuf_sources_report_their_exporter_in_fdinfo),
+        ("vgem_fence_is_the_buffers_implicit_fence", vgem_fence_is_the_buffers_implicit_fence),
+        ("sw_sync_fences_signal_on_increment_only", sw_sync_fences_signal_on_increment_only),
+        ("vkms_scans_out_udmabuf_with_expected_crc_and_writeback", vkms_scans_out_udmabuf_with_expected_crc_and_writeback),
+        ("cohere_headless_shows_a_udmabuf_wl_buffer_exactly", cohere_headless_shows_a_udmabuf_wl_buffer_exactly),
+    ]
+}
+
+/// Turns any error into the test's failure message, with context.
+trait Check<T> {
+    fn check(self, what: &str) -> Result<T, String>;
+}
+
+impl<T, E: std::fmt::Display> Check<T> for Result<T, E> {
+    fn check(self, what: &str) -> Result<T, String> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr, $($msg:tt)+) => {{
+        let (l, r) = (&$left, &$right);
+        if l != r {
+            return Err(format!("{}: left {:?} != right {:?}", format!($($msg)+), l, r));
+        }
+    }};
+}
+
+fn dmabuf_sources_report_their_exporter_in_fdinfo() -> Result<(), String> {
+    let vgem = Card::open_driver("vgem").check("vgem")?;
+    // File references: ours alone, except a PRIME export, which the GEM object also holds
+    // (obj->dma_buf) and the exporting file's handle lookup keeps (file_priv->prime).
+    let cases = [
+        ("udmabuf", udmabuf(10_000).check("udmabuf")?, 12_288, 1),
+        ("system", heap_buffer(65_536).check("heap")?, 65_536, 1),
+        ("drm", vgem_buffer(&vgem, 64, 32).check("vgem")?, 64 * 32 * 4, 3),
+    ];
+    for (exporter, buffer, size, count) in cases {
+        let info = DmabufFdInfo::read(buffer.as_fd()).check("fdinfo")?;
+        ensure_eq!(info.exp_name, exporter, "exp_name");
+        ensure_eq!(info.size, size as u64, "{exporter} size");
+        ensure_eq!(info.count, count, "{exporter} file count");
+        // Pixels written through the SYNC-bracketed mapping read back unchanged.
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        buffer.write(&bytes).check("write")?;
+        ensure_eq!(buffer.read().check("read")?[..size], bytes[..], "{exporter} contents");
+    }
+    Ok(())
+}
+
+fn vgem_fence_is_the_buffers_implicit_fence() -> Result<(), String> {
+    let vgem = Card::open_driver("vgem").check("vgem")?;
+    let buffer = vgem_buffer(&vgem, 32, 32).check("vgem buffer")?;
+    let idle = export_sync_file(buffer.as_fd(), DmabufAccess::Read).check("export (idle)")?;
+    ensure_eq!(idle.is_signaled().check("poll")?, true, "an idle buffer's fence is signalled");
+    let handle = buffer.vgem_handle.ok_or("vgem handle")?;
+    let fence = vgem_attach_write_fence(&vgem, handle).check("attach")?;
+    let pending = export_sync_file(buffer.as_fd(), DmabufAccess::Read).check("export (busy)")?;
+    ensure_eq!(pending.is_signaled().check("poll")?, false, "the vgem write fence is pending");
+    ensure_eq!(pending.wait(Some(Duration::from_millis(200))).check("wait")?, false, "still pending after 200 ms");
+    fence.signal(&vgem).check("signal")?;
+    ensure_eq!(pending.wait(Some(Duration::from_secs(2))).check("wait")?, true, "signalled after VGEM_FENCE_SIGNAL");
+    let after = export_sync_file(buffer.as_fd(), DmabufAccess::Read).check("export (after)")?;
+    ensure_eq!(after.is_signaled().check("poll")?, true, "a fresh export after the signal");
+    Ok(())
+}
+
+fn sw_sync_fences_signal_on_increment_only() -> Result<(), String> {
+    let timeline = Timeline::new().check("timeline")?;
+    let at_two = timeline.fence_at(2).check("fence at 2")?;
+    let at_one = timeline.fence_at(1).check("fence at 1")?;
+    ensure_eq!(at_one.is_signaled().check("poll")?, false, "point 1 before any increment");
+    ensure_eq!(at_two.wait(Some(Duration::from_millis(100))).check("wait")?, false, "point 2 before any increment");
+    timeline.advance(1).check("inc")?;
+    ensure_eq!(at_one.is_signaled().check("poll")?, true, "point 1 after +1");
+    ensure_eq!(at_two.is_signaled().check("poll")?, false, "point 2 after +1");
+    timeline.advance(1).check("inc")?;
+    ensure_eq!(at_two.is_signaled().check("poll")?, true, "point 2 after +2");
+    Ok(())
+}
+
+/// XRGB8888 test image: four quadrants of known colours with a 1-pixel diagonal line, so a
+/// stride, offset or channel error changes both the CRC and the written-back pixels.
+fn test_image(w: u32, h: u32) -> Vec<u32> {
+    (0..w * h)
+        .map(|i| {
+            let (x, y) = (i % w, i / w);
+            if x == y {
+                0x00ff_ffff
+            } else {
+                match (x < w / 2, y < h / 2) {
+                    (true, true) => 0x00c0_1020,
+                    (false, true) => 0x0010_c040,
+                    (true, false) => 0x0020_40c0,
+                    (false, false) => 0x0080_8080,
+                }
+            }
+        })
+        .collect()
+}
+
+fn vkms_scans_out_udmabuf_with_expected_crc_and_writeback() -> Result<(), String> {
+    let card = Card::open_driver("vkms").check("vkms")?;
+    let kms = Vkms::new(&card).check("vkms pipeline")?;
+    let (w, h) = kms.size();
+    ensure_eq!((w, h), (1024, 768), "vkms default mode");
+    let pixels = test_image(w, h);
+    let bytes: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
+    let buffer = udmabuf(bytes.len()).check("udmabuf")?;
+    buffer.write(&bytes).check("fill")?;
+    let fb = kms.import(&buffer, (w, h), DrmFourcc::Xrgb8888, w * 4).check("import udmabuf")?;
+
+    kms.show(fb).check("show")?;
+    let expected = vkms_crc_xrgb8888(&pixels);
+    let crcs = kms.crcs(3).check("crc")?;
+    ensure_eq!(crcs, vec![expected; 3], "vkms CRC of the shown frame (expected {expected:#010x})");
+
+    let written = kms.writeback(fb).check("writeback")?;
+    let mut wrong = 0usize;
+    let mut first = None;
+    for (i, (got, want)) in written.chunks_exact(4).zip(&pixels).enumerate() {
+        let got = u32::from_le_bytes([got[0], got[1], got[2], got[3]]) & 0x00ff_ffff;
+        if got != *want {
+            wrong += 1;
+            first.get_or_insert((i as u32 % w, i as u32 / w, got, *want));
+        }
+    }
+    ensure_eq!(wrong, 0, "writeback pixels that differ (first: {first:x?})");
+    Ok(())
+}
+
+pub const CLIENT_MODE: &str = "--cohere-udmabuf-client";
+const CLIENT_SIZE: (i32, i32) = (256, 128);
+
+fn cohere_headless_shows_a_udmabuf_wl_buffer_exactly() -> Result<(), String> {
+    let shot = PathBuf::from("/tmp/cohere-udmabuf.png");
+    let me = std::env::current_exe().check("current exe")?;
+    let out = Command::new(env!("CARGO_BIN_EXE_cohere"))
+        .args(["--headless", "--kiosk", "--size", &format!("{}x{}", CLIENT_SIZE.0, CLIENT_SIZE.1)])
+        .args(["--refresh", "120", "--screenshot", shot.to_str().unwrap_or_default()])
+        .args(["--after-frames", "240", "--exit-after-frames", "240", "--"])
+        .arg(me)
+        .arg(CLIENT_MODE)
+        .env("RUST_LOG", "warn")
+        .output()
+        .check("running cohere")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure_eq!(out.status.code(), Some(0), "cohere exit status; stderr:\n{stderr}");
+    if !stderr.contains("udmabuf buffer presented") {
+        return Err(format!("the client's buffer was never presented before the screenshot:\n{stderr}"));
+    }
+    let file = std::fs::File::open(&shot).check("screenshot")?;
+    let mut reader = png::Decoder::new(file).read_info().check("png")?;
+    let mut rgba = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut rgba).check("png frame")?;
+    ensure_eq!((info.width, info.height), (CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32), "screenshot size");
+    let expected = test_image(CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
+    let mut wrong = 0;
+    for (px, want) in rgba.chunks_exact(4).zip(&expected) {
+        let want = [(want >> 16) as u8, (want >> 8) as u8, *want as u8, 0xff];
+        if px != want {
+            wrong += 1;
+        }
+    }
+    ensure_eq!(wrong, 0, "screenshot pixels that differ from the udmabuf contents");
+    Ok(())
+}
+
+/// The client half: runs as cohere's launched app. Shows a udmabuf-backed wl_buffer fullscreen
+/// and reports on stderr once it has been presented; then waits to be terminated.
+pub fn udmabuf_client(_args: &[String]) -> ExitCode {
+    match run_udmabuf_client() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("udmabuf client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_udmabuf_client() -> Result<(), String> {
+    let dir = std::env::var("XDG_RUNTIME_DIR").check("XDG_RUNTIME_DIR")?;
+    let name = std::env::var("WAYLAND_DISPLAY").check("WAYLAND_DISPLAY")?;
+    let stream = UnixStream::connect(PathBuf::from(dir).join(name)).check("connect")?;
+    let mut client = crate::client::TestClient::new(stream);
+    client.blocking_roundtrip().check("registry")?;
+    client.bind_globals();
+    let window = client.create_window("udmabuf");
+    client.blocking_roundtrip().check("configure")?;
+    let configure = client.ack_last_configure(&window);
+    ensure_eq!((configure.width, configure.height), CLIENT_SIZE, "kiosk configure");
+    let (w, h) = (CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
+    let bytes: Vec<u8> = test_image(w, h).iter().flat_map(|p| p.to_le_bytes()).collect();
+    let buffer = udmabuf(bytes.len()).check("udmabuf")?;
+    buffer.write(&bytes).check("fill")?;
+    let fourcc = DrmFourcc::Xrgb8888 as u32;
+    let wl_buffer = client.dmabuf_buffer(buffer.as_fd(), (CLIENT_SIZE.0, CLIENT_SIZE.1, w * 4), fourcc, 0, 1);
+    window.surface.attach(Some(&wl_buffer), 0, 0);
+    window.surface.damage_buffer(0, 0, CLIENT_SIZE.0, CLIENT_SIZE.1);
+    client.presentation_feedback(&window.surface, 1);
+    window.surface.commit();
+    loop {
+        client.blocking_roundtrip().check("waiting for presentation")?;
+        if let Some((_, p)) = client.state.presentations.first() {
+            eprintln!("udmabuf buffer presented: {p:?}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Stay mapped until cohere ends the session.
+    while client.blocking_roundtrip().is_ok() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

@@ -76,6 +76,8 @@ pub struct Options {
     pub screenshot: Option<ScreenshotRequest>,
     pub exit_after_frames: Option<u64>,
     pub pacing: FramePacing,
+    /// linux-dmabuf main device (dev_t). `None` picks the first DRM render node, if any.
+    pub dmabuf_main_device: Option<u64>,
 }
 
 /// Why [`Compositor::run`] returned.
@@ -139,7 +141,8 @@ impl Compositor<Headless> {
             EventLoop::try_new().map_err(|e| StartError::EventLoop(e.to_string()))?;
         let display: Display<State<Headless>> = Display::new().map_err(|e| StartError::Display(e.to_string()))?;
         let dh = display.handle();
-        let backend = Headless::new(options.renderer, &dh)?;
+        let main_device = options.dmabuf_main_device.or_else(first_render_node);
+        let backend = Headless::new(options.renderer, &dh, main_device)?;
         let mut core = Core::new(dh, options.shell);
         let configs = if options.outputs.is_empty() { vec![OutputConfig::default()] } else { options.outputs.clone() };
         let mut outputs = Vec::new();
@@ -406,6 +409,17 @@ impl<B: Backend> Drop for Compositor<B> {
             }
         }
     }
+}
+
+/// dev_t of the first /dev/dri/renderD* node, for linux-dmabuf feedback's main device.
+fn first_render_node() -> Option<u64> {
+    let mut nodes: Vec<_> = std::fs::read_dir("/dev/dri")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("renderD")))
+        .collect();
+    nodes.sort();
+    nodes.iter().find_map(|p| rustix::fs::stat(p).ok().map(|s| s.st_rdev))
 }
 
 /// The shell convention for a child's status: its exit code, or 128 + the signal number.

@@ -38,6 +38,11 @@ pub mod sync;
 #[cfg(feature = "test-support")]
 pub mod testkit;
 
+/// Crates whose types appear in cohere's API, for embedders and for `delegate_import!`.
+pub mod reexports {
+    pub use smithay;
+}
+
 pub use backend::headless::{Headless, RendererKind};
 pub use backend::Backend;
 pub use compositor::{Compositor, Exit, FramePacing, Options, ScreenshotRequest, SocketChoice, StartError};

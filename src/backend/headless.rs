@@ -13,12 +13,10 @@ use smithay::backend::renderer::{Bind, ExportMem, ImportAll, ImportDma, ImportMe
 use smithay::output::Output;
 use smithay::reexports::pixman::Image;
 
-use smithay::delegate_dmabuf;
 use smithay::reexports::wayland_server::DisplayHandle;
-use smithay::wayland::dmabuf::{DmabufGlobal, DmabufHandler, DmabufState, ImportNotifier};
 
 use crate::backend::Backend;
-use crate::import::DmabufImport;
+use crate::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
 use crate::State;
 use crate::core::Core;
 use crate::render::{output_elements, read_framebuffer, clear_color, Screenshot, ScreenshotError};
@@ -164,13 +162,14 @@ macro_rules! with_renderer {
 /// The headless backend.
 pub struct Headless {
     renderer: AnyRenderer,
-    dmabuf: DmabufImport,
+    import: ImportState,
     redraw_requested: bool,
 }
 
 impl Headless {
     /// Creates the renderer. GLES needs an EGL software device; Pixman always works.
-    pub fn new(kind: RendererKind, display: &DisplayHandle) -> Result<Self, HeadlessError> {
+    /// `main_device` is the dev_t offered as linux-dmabuf's main device (enables feedback).
+    pub fn new(kind: RendererKind, display: &DisplayHandle, main_device: Option<u64>) -> Result<Self, HeadlessError> {
         let renderer = match kind {
             RendererKind::Pixman => AnyRenderer::Pixman(Swapchains {
                 renderer: PixmanRenderer::new().map_err(|e| HeadlessError::Pixman(e.to_string()))?,
@@ -184,9 +183,10 @@ impl Headless {
             }),
         };
         let formats = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
-        let dmabuf = DmabufImport::new::<State<Headless>>(display, formats);
+        let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device })
+            .map_err(|e| HeadlessError::Render(e.to_string()))?;
         tracing::info!(renderer = ?kind, "headless backend ready");
-        Ok(Self { renderer, dmabuf, redraw_requested: true })
+        Ok(Self { renderer, import, redraw_requested: true })
     }
 
     pub fn renderer_kind(&self) -> RendererKind {
@@ -212,34 +212,27 @@ impl Headless {
         with_renderer!(&mut self.renderer, r => r.screenshot(output))
     }
 
+    pub fn import_state(&self) -> &ImportState {
+        &self.import
+    }
+
     /// Test-imports a client dma-buf into the renderer.
     pub fn import_dmabuf(&mut self, dmabuf: &Dmabuf) -> Result<(), String> {
         with_renderer!(&mut self.renderer, r => r.renderer.import_dmabuf(dmabuf, None).map(|_| ()).map_err(|e| e.to_string()))
     }
 }
 
-impl DmabufHandler for State<Headless> {
-    fn dmabuf_state(&mut self) -> &mut DmabufState {
-        &mut self.backend.dmabuf.state
+impl ImportHandler for State<Headless> {
+    fn import_state(&mut self) -> &mut ImportState {
+        &mut self.backend.import
     }
 
-    fn dmabuf_imported(&mut self, _global: &DmabufGlobal, dmabuf: Dmabuf, notifier: ImportNotifier) {
-        // Every notifier is answered: a dropped one leaves the client waiting forever.
-        match self.backend.import_dmabuf(&dmabuf) {
-            Ok(()) => {
-                if let Err(err) = notifier.successful::<Self>() {
-                    tracing::debug!(?err, "client went away before its dma-buf was ready");
-                }
-            }
-            Err(reason) => {
-                tracing::info!(%reason, format = ?smithay::backend::allocator::Buffer::format(&dmabuf), "dma-buf import failed");
-                notifier.failed();
-            }
-        }
+    fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected> {
+        self.backend.import_dmabuf(dmabuf).map_err(|e| ImportRejected(format!("renderer cannot import it: {e}")))
     }
 }
 
-delegate_dmabuf!(State<Headless>);
+crate::delegate_import!(State<Headless>);
 
 impl Backend for Headless {
     fn schedule_redraw(&mut self) {

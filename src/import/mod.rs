@@ -1,34 +1,192 @@
-//! linux-dmabuf: the seam where client dma-bufs enter cohere.
+//! linux-dmabuf (zwp_linux_dmabuf_v1, versions 3 to 5), owned by cohere.
 //!
-//! This first version advertises smithay's `zwp_linux_dmabuf_v1` global with the formats the
-//! renderer can import and test-imports each buffer before answering. Validation of untrusted
-//! params (DESIGN.md §1) and the coherency plan will replace the inside of this module; callers
-//! only see [`DmabufImport`] and the backend's import hook.
+//! smithay 0.7's own params handling can panic on crafted sizes and accepts fds that aren't
+//! dma-bufs, so cohere implements the protocol itself: [`params`] validates every request, and
+//! a buffer that passes becomes a smithay [`Dmabuf`] (planes in plane_idx order) stored as the
+//! `wl_buffer`'s user data, so smithay's renderers and `get_dmabuf()` keep working. Between
+//! validation and the answer, [`ImportHandler::import_buffer`] decides (renderer test import,
+//! coherency plan).
+//!
+//! # How to use
+//!
+//! ```
+//! use cohere::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
+//! use smithay::backend::allocator::{dmabuf::Dmabuf, Format, Fourcc, Modifier};
+//! use smithay::reexports::wayland_server::{protocol::wl_buffer::WlBuffer, Display};
+//! use smithay::wayland::buffer::BufferHandler;
+//!
+//! struct MyState {
+//!     import: ImportState,
+//! }
+//!
+//! impl BufferHandler for MyState {
+//!     fn buffer_destroyed(&mut self, _buffer: &WlBuffer) {}
+//! }
+//!
+//! impl ImportHandler for MyState {
+//!     fn import_state(&mut self) -> &mut ImportState {
+//!         &mut self.import
+//!     }
+//!     fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected> {
+//!         // Test-import into your renderer here; an Err becomes `failed` for the client.
+//!         let _ = dmabuf;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! cohere::delegate_import!(MyState);
+//!
+//! let display = Display::<MyState>::new().unwrap();
+//! let config = ImportConfig {
+//!     formats: vec![Format { code: Fourcc::Xrgb8888, modifier: Modifier::Linear }],
+//!     // The render node's dev_t enables versions 4 and 5 (feedback).
+//!     main_device: None,
+//! };
+//! let import = ImportState::new::<MyState>(&display.handle(), config).unwrap();
+//! let _state = MyState { import };
+//! ```
 
+mod dispatch;
+pub mod feedback;
+pub mod format;
+pub mod params;
+
+use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::Format;
-use smithay::reexports::wayland_server::DisplayHandle;
-use smithay::wayland::dmabuf::{DmabufGlobal, DmabufHandler, DmabufState};
+use smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_feedback_v1::ZwpLinuxDmabufFeedbackV1;
+use smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_v1::ZwpLinuxDmabufV1;
+use smithay::reexports::wayland_server::backend::GlobalId;
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+use smithay::reexports::wayland_server::{DisplayHandle, GlobalDispatch, Resource, Weak};
+use smithay::wayland::buffer::BufferHandler;
 
-/// The linux-dmabuf global and its state.
-pub struct DmabufImport {
-    pub state: DmabufState,
-    pub global: DmabufGlobal,
+pub use dispatch::{FeedbackData, ImportGlobalData, ParamsData};
+pub use feedback::{Feedback, FormatTable, FormatTableError, Tranche};
+
+/// What the linux-dmabuf global advertises.
+#[derive(Debug, Clone, Default)]
+pub struct ImportConfig {
+    /// (format, modifier) pairs the compositor can import. Formats cohere has no layout for
+    /// (see [`format::layout`]) are dropped, so every advertised format gets full bounds checks.
+    pub formats: Vec<Format>,
+    /// dev_t of the main (render) device. With one, versions 4 and 5 (feedback) are offered;
+    /// without, version 3 (format and modifier events).
+    pub main_device: Option<u64>,
 }
 
-impl DmabufImport {
-    /// Advertises linux-dmabuf (v3 format events; v4+ default feedback is not sent yet).
-    pub fn new<D>(display: &DisplayHandle, formats: Vec<Format>) -> Self
-    where
-        D: DmabufHandler + 'static,
-        D: smithay::reexports::wayland_server::GlobalDispatch<
-            smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_v1::ZwpLinuxDmabufV1,
-            smithay::wayland::dmabuf::DmabufGlobalData,
-        >,
-        D: smithay::wayland::buffer::BufferHandler,
-    {
-        let mut state = DmabufState::new();
-        tracing::info!(formats = formats.len(), "linux-dmabuf global");
-        let global = state.create_global::<D>(display, formats);
-        Self { state, global }
+/// Why the import hook refused a validated buffer; the client gets `failed` (create) or
+/// INVALID_WL_BUFFER (create_immed), and the reason goes to the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ImportRejected(pub String);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    FormatTable(#[from] FormatTableError),
+}
+
+/// Counters of what clients did with linux-dmabuf.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ImportCounters {
+    pub imported: u64,
+    pub failed: u64,
+    pub protocol_errors: u64,
+}
+
+/// State of the linux-dmabuf global.
+#[derive(Debug)]
+pub struct ImportState {
+    global: GlobalId,
+    version: u32,
+    table: FormatTable,
+    default_feedback: Option<Feedback>,
+    surface_feedbacks: Vec<(Weak<ZwpLinuxDmabufFeedbackV1>, Weak<WlSurface>)>,
+    pub counters: ImportCounters,
+}
+
+/// The embedder's side of linux-dmabuf.
+pub trait ImportHandler: BufferHandler {
+    fn import_state(&mut self) -> &mut ImportState;
+
+    /// Accepts or refuses a buffer that passed validation (test import, coherency plan).
+    fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected>;
+
+    /// Per-surface feedback; `None` sends the default feedback.
+    fn surface_feedback(&mut self, _surface: &WlSurface) -> Option<Feedback> {
+        None
     }
+}
+
+impl ImportState {
+    /// Creates the zwp_linux_dmabuf_v1 global.
+    pub fn new<D>(display: &DisplayHandle, config: ImportConfig) -> Result<Self, ImportError>
+    where
+        D: GlobalDispatch<ZwpLinuxDmabufV1, ImportGlobalData> + ImportHandler + 'static,
+    {
+        let formats: Vec<Format> = config.formats.into_iter().filter(|f| format::layout(f.code).is_some()).collect();
+        let table = FormatTable::new(&formats)?;
+        let version = if config.main_device.is_some() { 5 } else { 3 };
+        let default_feedback = config.main_device.map(|dev| Feedback::render_only(dev, table.formats()));
+        let global = display.create_global::<D, ZwpLinuxDmabufV1, _>(version, ImportGlobalData { _private: () });
+        tracing::info!(version, formats = table.formats().len(), main_device = ?config.main_device, "linux-dmabuf global");
+        Ok(Self { global, version, table, default_feedback, surface_feedbacks: Vec::new(), counters: ImportCounters::default() })
+    }
+
+    /// The advertised (format, modifier) pairs, in format-table order.
+    pub fn formats(&self) -> &[Format] {
+        self.table.formats()
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub fn global(&self) -> &GlobalId {
+        &self.global
+    }
+
+    pub fn default_feedback(&self) -> Option<&Feedback> {
+        self.default_feedback.as_ref()
+    }
+
+    /// Re-sends per-surface feedback, e.g. after a buffer's plan changed where it can go.
+    pub fn refresh_surface_feedback<D: ImportHandler>(state: &mut D) {
+        let live: Vec<_> = state
+            .import_state()
+            .surface_feedbacks
+            .iter()
+            .filter_map(|(f, s)| Some((f.upgrade().ok()?, s.upgrade().ok()?)))
+            .collect();
+        for (resource, surface) in &live {
+            let feedback = state.surface_feedback(surface).or_else(|| state.import_state().default_feedback.clone());
+            if let Some(feedback) = feedback {
+                feedback.send(resource, &state.import_state().table);
+            }
+        }
+        state.import_state().surface_feedbacks.retain(|(f, _)| f.upgrade().is_ok_and(|f| f.is_alive()));
+    }
+}
+
+/// Delegates linux-dmabuf and dma-buf `wl_buffer`s of `$ty` to [`ImportState`]. `$ty` must
+/// implement [`ImportHandler`].
+#[macro_export]
+macro_rules! delegate_import {
+    ($(@<$( $lt:tt $( : $clt:tt $(+ $dlt:tt )* )? ),+>)? $ty: ty) => {
+        $crate::reexports::smithay::reexports::wayland_server::delegate_global_dispatch!($(@< $( $lt $( : $clt $(+ $dlt )* )? ),+ >)? $ty: [
+            $crate::reexports::smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_v1::ZwpLinuxDmabufV1: $crate::import::ImportGlobalData
+        ] => $crate::import::ImportState);
+        $crate::reexports::smithay::reexports::wayland_server::delegate_dispatch!($(@< $( $lt $( : $clt $(+ $dlt )* )? ),+ >)? $ty: [
+            $crate::reexports::smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_v1::ZwpLinuxDmabufV1: ()
+        ] => $crate::import::ImportState);
+        $crate::reexports::smithay::reexports::wayland_server::delegate_dispatch!($(@< $( $lt $( : $clt $(+ $dlt )* )? ),+ >)? $ty: [
+            $crate::reexports::smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_buffer_params_v1::ZwpLinuxBufferParamsV1: $crate::import::ParamsData
+        ] => $crate::import::ImportState);
+        $crate::reexports::smithay::reexports::wayland_server::delegate_dispatch!($(@< $( $lt $( : $clt $(+ $dlt )* )? ),+ >)? $ty: [
+            $crate::reexports::smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_feedback_v1::ZwpLinuxDmabufFeedbackV1: $crate::import::FeedbackData
+        ] => $crate::import::ImportState);
+        $crate::reexports::smithay::reexports::wayland_server::delegate_dispatch!($(@< $( $lt $( : $clt $(+ $dlt )* )? ),+ >)? $ty: [
+            $crate::reexports::smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer: $crate::reexports::smithay::backend::allocator::dmabuf::Dmabuf
+        ] => $crate::import::ImportState);
+    };
 }

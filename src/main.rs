@@ -40,6 +40,10 @@ struct Cli {
     /// Which frame of the first output to capture with --screenshot.
     #[arg(long, value_name = "N", default_value_t = 60, requires = "screenshot")]
     after_frames: u64,
+    /// DRM node advertised as linux-dmabuf's main device (feedback). Default: the first render
+    /// node, if any. Clients allocate their buffers there.
+    #[arg(long, value_name = "PATH")]
+    dmabuf_device: Option<PathBuf>,
     /// Exit after the first output has shown N frames.
     #[arg(long, value_name = "N")]
     exit_after_frames: Option<u64>,
@@ -128,7 +132,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             bail!("--exit-after-frames {exit} comes before --after-frames {}: the screenshot would never be taken", shot.after_frames);
         }
     }
+    let dmabuf_main_device = match &cli.dmabuf_device {
+        Some(path) => Some(
+            rustix::fs::stat(path)
+                .with_context(|| format!("--dmabuf-device {}", path.display()))?
+                .st_rdev,
+        ),
+        None => None,
+    };
     let options = Options {
+        dmabuf_main_device,
         shell: if cli.kiosk { ShellMode::Kiosk } else { ShellMode::Desktop },
         outputs,
         renderer: match cli.renderer {

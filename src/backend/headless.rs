@@ -182,7 +182,7 @@ impl Headless {
                 outputs: Vec::new(),
             }),
         };
-        let formats = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
+        let formats: Vec<_> = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
         let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device })
             .map_err(|e| HeadlessError::Render(e.to_string()))?;
         tracing::info!(renderer = ?kind, "headless backend ready");
@@ -210,6 +210,12 @@ impl Headless {
     /// Reads back the frame `output` currently shows.
     pub fn screenshot(&mut self, output: &Output) -> Result<Screenshot, ScreenshotError> {
         with_renderer!(&mut self.renderer, r => r.screenshot(output))
+    }
+
+    /// Every (format, modifier) the renderer says it can import (before linux-dmabuf drops
+    /// the formats it has no layout for).
+    pub fn renderer_dmabuf_formats(&self) -> Vec<smithay::backend::allocator::Format> {
+        with_renderer!(&self.renderer, r => r.renderer.dmabuf_formats().into_iter().collect())
     }
 
     pub fn import_state(&self) -> &ImportState {

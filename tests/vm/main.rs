@@ -8,6 +8,11 @@
 #[path = "../fixture/client.rs"]
 #[allow(dead_code)]
 mod client;
+mod dmabuf;
+#[path = "../fixture/harness.rs"]
+mod harness;
+#[path = "../import/harness.rs"]
+mod import_harness;
 mod tests;
 
 use std::process::{Command, ExitCode};
@@ -22,7 +27,7 @@ fn main() -> ExitCode {
     if std::env::var_os("COHERE_IN_VM").is_none() {
         return run_in_vm(&args);
     }
-    let trials = tests::all().into_iter().map(|(name, f)| Trial::test(name, move || f().map_err(Into::into))).collect();
+    let trials = tests::all().into_iter().chain(dmabuf::all()).map(|(name, f)| Trial::test(name, move || f().map_err(Into::into))).collect();
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
 

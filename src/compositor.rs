@@ -78,6 +78,8 @@ pub struct Options {
     pub pacing: FramePacing,
     /// linux-dmabuf main device (dev_t). `None` picks the first DRM render node, if any.
     pub dmabuf_main_device: Option<u64>,
+    /// Quirk database and user overrides for the coherency model.
+    pub coherency: crate::coherency::CoherencyOptions,
 }
 
 /// Why [`Compositor::run`] returned.
@@ -96,6 +98,8 @@ pub enum Exit {
 pub enum StartError {
     #[error(transparent)]
     Headless(#[from] HeadlessError),
+    #[error(transparent)]
+    Quirks(#[from] crate::coherency::QuirkError),
     #[error("could not create the Wayland display: {0}")]
     Display(String),
     #[error("socket {name:?}: {reason}")]
@@ -142,7 +146,8 @@ impl Compositor<Headless> {
         let display: Display<State<Headless>> = Display::new().map_err(|e| StartError::Display(e.to_string()))?;
         let dh = display.handle();
         let main_device = options.dmabuf_main_device.or_else(first_render_node);
-        let backend = Headless::new(options.renderer, &dh, main_device)?;
+        let quirks = options.coherency.load()?;
+        let backend = Headless::new(options.renderer, &dh, main_device, quirks)?;
         let mut core = Core::new(dh, options.shell);
         let configs = if options.outputs.is_empty() { vec![OutputConfig::default()] } else { options.outputs.clone() };
         let mut outputs = Vec::new();

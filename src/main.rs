@@ -7,12 +7,66 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use cohere::coherency::{self, CoherencyOptions, ProbeOptions, RendererChoice};
 use cohere::{Compositor, Exit, Options, OutputConfig, RendererKind, ScreenshotRequest, ShellMode, SocketChoice};
 
 #[derive(Debug, Parser)]
 #[command(name = "cohere", version, about = "Wayland compositor that shows client dma-bufs through the cheapest coherent path")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command_: Option<Sub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Print the DRM devices, their coherency facts with sources, and the plan for a buffer
+    /// from each known exporter on each consumer.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+struct CoherencyArgs {
+    /// Config file with coherency overrides [default: $XDG_CONFIG_HOME/cohere/config.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Quirk database replacing the built-in resources/coherency.toml.
+    #[arg(long, value_name = "FILE")]
+    quirks: Option<PathBuf>,
+}
+
+impl CoherencyArgs {
+    fn options(&self) -> CoherencyOptions {
+        CoherencyOptions { quirks_file: self.quirks.clone(), config_file: self.config.clone() }
+    }
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// sysfs root to read instead of /sys (fixture trees: device nodes are not opened).
+    #[arg(long, value_name = "ROOT")]
+    sysfs: Option<PathBuf>,
+    #[command(flatten)]
+    coherency: CoherencyArgs,
+    /// Which renderer the plan assumes: pixman (what cohere headless uses) or the first GPU.
+    #[arg(long, value_enum, default_value_t = InspectRenderer::Pixman)]
+    renderer: InspectRenderer,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum InspectRenderer {
+    Pixman,
+    Gpu,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
     /// Run without KMS, on virtual outputs paced by a timer.
     #[arg(long)]
     headless: bool,
@@ -47,6 +101,8 @@ struct Cli {
     /// Exit after the first output has shown N frames.
     #[arg(long, value_name = "N")]
     exit_after_frames: Option<u64>,
+    #[command(flatten)]
+    coherency: CoherencyArgs,
     /// App to launch with WAYLAND_DISPLAY set.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -85,8 +141,13 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(cli) {
+    let result = match cli.command_ {
+        Some(Sub::Inspect(args)) => inspect(args),
+        None => run(cli.run),
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("cohere: {err:#}");
@@ -111,7 +172,29 @@ fn ensure_runtime_dir() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
+    let quirks = args.coherency.options().load()?;
+    let renderer = match args.renderer {
+        InspectRenderer::Pixman => RendererChoice::Cpu("pixman".into()),
+        InspectRenderer::Gpu => RendererChoice::FirstRenderDevice,
+    };
+    let probe = match args.sysfs {
+        Some(root) => ProbeOptions { sysfs_root: root, dev_dri: None, renderer },
+        None => ProbeOptions::live(renderer),
+    };
+    let machine = coherency::probe(&probe, &quirks);
+    let report = coherency::report::Report::new(machine, &quirks);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(report.text().as_bytes())?;
+    }
+    Ok(0)
+}
+
+fn run(cli: RunArgs) -> anyhow::Result<u8> {
     ensure_runtime_dir()?;
     if !cli.headless {
         // The KMS backend is not built yet; say so rather than failing.
@@ -151,6 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         socket: cli.socket.map_or(SocketChoice::Auto, SocketChoice::Named),
         screenshot,
         exit_after_frames: cli.exit_after_frames,
+        coherency: cli.coherency.options(),
         ..Options::default()
     };
     let mut compositor = Compositor::new_headless(options)?;

@@ -16,6 +16,7 @@ use smithay::reexports::pixman::Image;
 use smithay::reexports::wayland_server::DisplayHandle;
 
 use crate::backend::Backend;
+use crate::coherency::{CoherencyState, ProbeOptions, Quirks, RendererChoice};
 use crate::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
 use crate::State;
 use crate::core::Core;
@@ -163,13 +164,14 @@ macro_rules! with_renderer {
 pub struct Headless {
     renderer: AnyRenderer,
     import: ImportState,
+    pub coherency: CoherencyState,
     redraw_requested: bool,
 }
 
 impl Headless {
     /// Creates the renderer. GLES needs an EGL software device; Pixman always works.
     /// `main_device` is the dev_t offered as linux-dmabuf's main device (enables feedback).
-    pub fn new(kind: RendererKind, display: &DisplayHandle, main_device: Option<u64>) -> Result<Self, HeadlessError> {
+    pub fn new(kind: RendererKind, display: &DisplayHandle, main_device: Option<u64>, quirks: Quirks) -> Result<Self, HeadlessError> {
         let renderer = match kind {
             RendererKind::Pixman => AnyRenderer::Pixman(Swapchains {
                 renderer: PixmanRenderer::new().map_err(|e| HeadlessError::Pixman(e.to_string()))?,
@@ -185,8 +187,14 @@ impl Headless {
         let formats: Vec<_> = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
         let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device })
             .map_err(|e| HeadlessError::Render(e.to_string()))?;
+        // Both headless renderers read client buffers through CPU mappings.
+        let name = match kind {
+            RendererKind::Pixman => "pixman",
+            RendererKind::Gles => "llvmpipe",
+        };
+        let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu(name.into())));
         tracing::info!(renderer = ?kind, "headless backend ready");
-        Ok(Self { renderer, import, redraw_requested: true })
+        Ok(Self { renderer, import, coherency, redraw_requested: true })
     }
 
     pub fn renderer_kind(&self) -> RendererKind {
@@ -234,6 +242,7 @@ impl ImportHandler for State<Headless> {
     }
 
     fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected> {
+        self.backend.coherency.plan_import(dmabuf).map_err(ImportRejected)?;
         self.backend.import_dmabuf(dmabuf).map_err(|e| ImportRejected(format!("renderer cannot import it: {e}")))
     }
 }

@@ -1,6 +1,170 @@
-//! Coherency facts and, later, the per-consumer plan. Today: the buffer facts the kernel gives
-//! through fdinfo.
+//! The coherency model: facts about buffers and the machine, the quirk database with user
+//! overrides, and the per-consumer plan (DESIGN.md §1).
+//!
+//! Data flows one way: [`fdinfo`] and [`probe`] gather facts, [`quirks`] supplies what the
+//! kernel can't tell, [`plan`] decides, and [`report`] prints it all for `cohere inspect`.
 
+pub mod facts;
 pub mod fdinfo;
+pub mod plan;
+pub mod probe;
+pub mod quirks;
+pub mod report;
 
+pub use facts::{Access, ConsumerFacts, DeviceFacts, ExporterFacts, Fact, MachineFacts, MemoryType, RendererFacts, Source};
 pub use fdinfo::{DmabufFdInfo, FdInfoError};
+pub use plan::{plan, BufferPlan, Decision, Path};
+pub use probe::{probe, ProbeOptions, RendererChoice};
+pub use quirks::{Layer, QuirkError, Quirks};
+
+/// Counts of decisions made at import, per consumer access and path.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlanCounters {
+    /// Buffers planned.
+    pub buffers: u64,
+    /// Buffers refused because no consumer could show them.
+    pub rejected: u64,
+    /// (access, path) → count.
+    pub decisions: std::collections::BTreeMap<String, u64>,
+}
+
+impl PlanCounters {
+    pub fn record(&mut self, plan: &BufferPlan) {
+        self.buffers += 1;
+        if plan.rejection().is_some() {
+            self.rejected += 1;
+        }
+        let mut bump = |access: &str, path: Path| *self.decisions.entry(format!("{access}:{path}")).or_default() += 1;
+        bump("render", plan.render.1.path);
+        for (_, d) in &plan.scanout {
+            bump("scanout", d.path);
+        }
+        bump("cpu", plan.cpu.path);
+    }
+}
+
+/// Plans of live buffers, computed once at import and recomputed only when the machine facts
+/// change (hotplug). Held weakly: a buffer's entry goes when its last reference does.
+#[derive(Debug, Default)]
+pub struct PlanCache {
+    entries: Vec<(smithay::backend::allocator::dmabuf::WeakDmabuf, ExporterFacts, BufferPlan)>,
+}
+
+impl PlanCache {
+    pub fn insert(&mut self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf, exporter: ExporterFacts, plan: BufferPlan) {
+        self.prune();
+        self.entries.push((dmabuf.weak(), exporter, plan));
+    }
+
+    pub fn get(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<&BufferPlan> {
+        let weak = dmabuf.weak();
+        self.entries.iter().find(|(w, _, _)| *w == weak).map(|(_, _, p)| p)
+    }
+
+    /// Drops entries whose buffer is gone.
+    pub fn prune(&mut self) {
+        self.entries.retain(|(w, _, _)| w.upgrade().is_some());
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Recomputes every live buffer's plan against new machine facts (after hotplug).
+    pub fn recompute(&mut self, machine: &MachineFacts) {
+        self.prune();
+        for (_, exporter, plan) in &mut self.entries {
+            *plan = BufferPlan::compute(exporter, machine);
+        }
+    }
+}
+
+/// Where the quirk database and the user's overrides come from.
+#[derive(Debug, Clone, Default)]
+pub struct CoherencyOptions {
+    /// Replaces the built-in database (resources/coherency.toml).
+    pub quirks_file: Option<std::path::PathBuf>,
+    /// The user's config file with overrides; `None` uses [`default_config_path`] if it exists.
+    pub config_file: Option<std::path::PathBuf>,
+}
+
+/// `$XDG_CONFIG_HOME/cohere/config.toml` (or `~/.config/cohere/config.toml`).
+pub fn default_config_path() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config")))?;
+    Some(base.join("cohere/config.toml"))
+}
+
+impl CoherencyOptions {
+    /// Loads the database and overrides; any error names the file, line and field.
+    pub fn load(&self) -> Result<Quirks, QuirkError> {
+        let mut quirks = match &self.quirks_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| QuirkError {
+                    file: path.display().to_string(),
+                    line: 0,
+                    field: String::new(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                let mut q = Quirks::empty();
+                q.push(&path.display().to_string(), &text, Layer::Database)?;
+                q
+            }
+            None => Quirks::builtin()?,
+        };
+        let config = self.config_file.clone().or_else(|| default_config_path().filter(|p| p.exists()));
+        if let Some(path) = config {
+            quirks.push_override_file(&path)?;
+            tracing::info!(config = %path.display(), "coherency overrides loaded");
+        }
+        Ok(quirks)
+    }
+}
+
+/// The model as a running compositor holds it: facts, overrides, cached plans and counters.
+#[derive(Debug)]
+pub struct CoherencyState {
+    pub quirks: Quirks,
+    pub machine: MachineFacts,
+    pub plans: PlanCache,
+    pub counters: PlanCounters,
+}
+
+impl CoherencyState {
+    pub fn new(quirks: Quirks, probe_options: &ProbeOptions) -> Self {
+        let machine = probe(probe_options, &quirks);
+        for d in &machine.devices {
+            tracing::info!(
+                card = %d.name, driver = %d.driver.value, render_snoops = %d.render_snoops, scanout_snoops = %d.scanout_snoops,
+                imports_foreign = %d.imports_foreign, "coherency facts"
+            );
+        }
+        Self { quirks, machine, plans: PlanCache::default(), counters: PlanCounters::default() }
+    }
+
+    /// Plans a newly imported buffer and caches the plan; `Err(reason)` when no consumer can
+    /// show it, which becomes `failed` for the client.
+    pub fn plan_import(&mut self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Result<&BufferPlan, String> {
+        let fd = dmabuf.handles().next().ok_or("a dma-buf without planes")?;
+        let info = DmabufFdInfo::read(fd).map_err(|e| e.to_string())?;
+        let exporter = ExporterFacts::from_fdinfo(&info, &self.quirks);
+        let plan = BufferPlan::compute(&exporter, &self.machine);
+        self.counters.record(&plan);
+        let format = smithay::backend::allocator::Buffer::format(dmabuf);
+        let reasons: Vec<String> = plan.decisions().map(|(c, d)| format!("{c}: {d}")).collect();
+        tracing::debug!(
+            exporter = %info.exp_name, size = info.size, fourcc = %format.code, modifier = ?format.modifier,
+            plan = %plan, reasons = %reasons.join("; "), "buffer plan"
+        );
+        if let Some(why) = plan.rejection() {
+            return Err(why);
+        }
+        self.plans.insert(dmabuf, exporter, plan);
+        self.plans.get(dmabuf).ok_or_else(|| "plan cache lost the entry".into())
+    }
+}

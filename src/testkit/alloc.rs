@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, OFlags, SealFlags};
+use rustix::fs::OFlags;
 use rustix::ioctl::{ioctl, opcode, Updater};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 use smithay::backend::allocator::dmabuf::DmabufSyncFlags;
@@ -29,16 +29,6 @@ impl AsFd for MappedDmabuf {
 }
 
 #[repr(C)]
-struct UdmabufCreate {
-    memfd: u32,
-    flags: u32,
-    offset: u64,
-    size: u64,
-}
-const UDMABUF_CREATE: rustix::ioctl::Opcode = opcode::write::<UdmabufCreate>(b'u', 0x42);
-const UDMABUF_FLAGS_CLOEXEC: u32 = 0x01;
-
-#[repr(C)]
 struct DmaHeapAllocationData {
     len: u64,
     fd: u32,
@@ -51,37 +41,11 @@ fn page_round(size: usize) -> usize {
     size.div_ceil(4096) * 4096
 }
 
-/// A udmabuf over a sealed memfd (udmabuf needs F_SEAL_SHRINK and no F_SEAL_WRITE).
+/// A udmabuf over a sealed memfd (see [`crate::coherency::probe::udmabuf`]).
 pub fn udmabuf(size: usize) -> Result<MappedDmabuf, KitError> {
     let size = page_round(size);
-    let memfd = memfd_create("cohere-udmabuf", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).context("memfd_create")?;
-    ftruncate(&memfd, size as u64).context("ftruncate memfd")?;
-    fcntl_add_seals(&memfd, SealFlags::SHRINK).context("sealing memfd")?;
-    let dev = rustix::fs::open("/dev/udmabuf", OFlags::RDWR | OFlags::CLOEXEC, rustix::fs::Mode::empty()).context("open /dev/udmabuf")?;
-    let create = UdmabufCreate { memfd: rustix::fd::AsRawFd::as_raw_fd(&memfd) as u32, flags: UDMABUF_FLAGS_CLOEXEC, offset: 0, size: size as u64 };
-    // SAFETY: the opcode is UDMABUF_CREATE and the struct its exact layout; the kernel reads it.
-    let fd = unsafe { ioctl(&dev, CreateUdmabuf(create)) }.context("UDMABUF_CREATE")?;
+    let fd = crate::coherency::probe::udmabuf(size).context("udmabuf")?;
     Ok(MappedDmabuf { fd, size, vgem_handle: None })
-}
-
-/// UDMABUF_CREATE returns the new dma-buf as the ioctl's return value, which rustix's generic
-/// Setter discards, so it gets its own `Ioctl` impl.
-struct CreateUdmabuf(UdmabufCreate);
-
-// SAFETY: opcode and argument layout match the kernel's UDMABUF_CREATE; the kernel only reads.
-unsafe impl rustix::ioctl::Ioctl for CreateUdmabuf {
-    type Output = OwnedFd;
-    const IS_MUTATING: bool = false;
-    fn opcode(&self) -> rustix::ioctl::Opcode {
-        UDMABUF_CREATE
-    }
-    fn as_ptr(&mut self) -> *mut std::ffi::c_void {
-        (&mut self.0 as *mut UdmabufCreate).cast()
-    }
-    unsafe fn output_from_ptr(out: rustix::ioctl::IoctlOutput, _: *mut std::ffi::c_void) -> rustix::io::Result<OwnedFd> {
-        // SAFETY: a successful UDMABUF_CREATE returns a descriptor the kernel just installed.
-        Ok(unsafe { OwnedFd::from_raw_fd(out) })
-    }
 }
 
 /// A buffer from the system dma-heap.

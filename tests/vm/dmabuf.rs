@@ -34,8 +34,10 @@ fn source(name: &str, size: usize) -> Result<(MappedDmabuf, Option<Card>), Strin
     })
 }
 
-/// (format, planes as (plane_idx, offset, stride), order added) for a 64x32 buffer.
-fn layouts() -> Vec<(u32, &'static str, Vec<(u32, u32, u32)>, Vec<usize>)> {
+/// (format, name, planes as (plane_idx, offset, stride), order added) for a 64x32 buffer.
+type Layout = (u32, &'static str, Vec<(u32, u32, u32)>, Vec<usize>);
+
+fn layouts() -> Vec<Layout> {
     vec![
         (ih::XRGB8888, "XRGB8888", vec![(0, 0, 256)], vec![0]),
         (ih::NV12, "NV12", vec![(0, 0, 64), (1, 2048, 64)], vec![1, 0]),

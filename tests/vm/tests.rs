@@ -22,6 +22,8 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         ("sw_sync_fences_signal_on_increment_only", sw_sync_fences_signal_on_increment_only),
         ("vkms_scans_out_udmabuf_with_expected_crc_and_writeback", vkms_scans_out_udmabuf_with_expected_crc_and_writeback),
         ("cohere_headless_shows_a_udmabuf_wl_buffer_exactly", cohere_headless_shows_a_udmabuf_wl_buffer_exactly),
+        ("override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact", override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact),
+        ("cohere_inspect_reports_the_real_devices", cohere_inspect_reports_the_real_devices),
         ("weston_simple_dmabuf_feedback_receives_cohere_feedback", weston_simple_dmabuf_feedback_receives_cohere_feedback),
     ]
 }
@@ -152,24 +154,27 @@ fn vkms_scans_out_udmabuf_with_expected_crc_and_writeback() -> Result<(), String
 pub const CLIENT_MODE: &str = "--cohere-udmabuf-client";
 const CLIENT_SIZE: (i32, i32) = (256, 128);
 
-fn cohere_headless_shows_a_udmabuf_wl_buffer_exactly() -> Result<(), String> {
-    let shot = PathBuf::from("/tmp/cohere-udmabuf.png");
+/// Runs `cohere --headless --kiosk` with the udmabuf client, checks the screenshot pixel for
+/// pixel and returns cohere's log (RUST_LOG=cohere=debug).
+fn run_cohere_with_udmabuf_client(extra: &[&str], shot: &str) -> Result<String, String> {
     let me = std::env::current_exe().check("current exe")?;
     let out = Command::new(env!("CARGO_BIN_EXE_cohere"))
         .args(["--headless", "--kiosk", "--size", &format!("{}x{}", CLIENT_SIZE.0, CLIENT_SIZE.1)])
-        .args(["--refresh", "240", "--screenshot", shot.to_str().unwrap_or_default()])
-        .args(["--after-frames", "240", "--exit-after-frames", "240", "--"])
+        .args(["--refresh", "240", "--screenshot", shot])
+        .args(["--after-frames", "240", "--exit-after-frames", "240"])
+        .args(extra)
+        .arg("--")
         .arg(me)
         .arg(CLIENT_MODE)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,cohere=debug")
         .output()
         .check("running cohere")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     ensure_eq!(out.status.code(), Some(0), "cohere exit status; stderr:\n{stderr}");
     if !stderr.contains("udmabuf buffer presented") {
         return Err(format!("the client's buffer was never presented before the screenshot:\n{stderr}"));
     }
-    let file = std::fs::File::open(&shot).check("screenshot")?;
+    let file = std::fs::File::open(shot).check("screenshot")?;
     let mut reader = png::Decoder::new(file).read_info().check("png")?;
     let mut rgba = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut rgba).check("png frame")?;
@@ -183,6 +188,71 @@ fn cohere_headless_shows_a_udmabuf_wl_buffer_exactly() -> Result<(), String> {
         }
     }
     ensure_eq!(wrong, 0, "screenshot pixels that differ from the udmabuf contents");
+    Ok(stderr)
+}
+
+/// The import log's plan line for the udmabuf.
+fn plan_line(log: &str) -> Result<String, String> {
+    log.lines()
+        .find(|l| l.contains("buffer plan") && l.contains("exporter=udmabuf"))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no 'buffer plan' line for the udmabuf in the log:\n{log}"))
+}
+
+fn cohere_headless_shows_a_udmabuf_wl_buffer_exactly() -> Result<(), String> {
+    let log = run_cohere_with_udmabuf_client(&[], "/tmp/cohere-udmabuf.png")?;
+    let line = plan_line(&log)?;
+    // In the VM: cached udmabuf memory, vkms composes on the CPU: direct scanout is possible.
+    if !line.contains("(vkms): Direct,") || !line.contains("(virtio_gpu): Composite") {
+        return Err(format!("unexpected plan: {line}"));
+    }
+    Ok(())
+}
+
+fn override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact() -> Result<(), String> {
+    let config = "/tmp/cohere-override.toml";
+    std::fs::write(config, "# vkms scanout treated as noncoherent for cached exporters\n[driver.vkms]\nscanout_snoops = false\n")
+        .check("config")?;
+    let log = run_cohere_with_udmabuf_client(&["--config", config], "/tmp/cohere-udmabuf-override.png")?;
+    let line = plan_line(&log)?;
+    if !line.contains("(vkms): DirectWithMaintenance") || !line.contains("doesn't snoop (override /tmp/cohere-override.toml:3)") {
+        return Err(format!("the override did not change the plan: {line}"));
+    }
+    Ok(())
+}
+
+fn cohere_inspect_reports_the_real_devices() -> Result<(), String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_cohere")).args(["inspect", "--json"]).output().check("inspect")?;
+    ensure_eq!(out.status.code(), Some(0), "inspect status: {}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).check("inspect JSON")?;
+    let devices = json["machine"]["devices"].as_array().ok_or("no devices")?;
+    let by_driver = |name: &str| devices.iter().find(|d| d["driver"]["value"] == name).cloned();
+    let mut drivers: Vec<&str> = devices.iter().filter_map(|d| d["driver"]["value"].as_str()).collect();
+    drivers.sort();
+    ensure_eq!(drivers, vec!["vgem", "virtio_gpu", "vkms"], "drivers");
+    for d in devices {
+        ensure_eq!(d["driver"]["source"]["kind"], "drm-version", "driver read with DRM_IOCTL_VERSION: {d}");
+    }
+    let vkms = by_driver("vkms").ok_or("vkms")?;
+    let virtio = by_driver("virtio_gpu").ok_or("virtio_gpu")?;
+    let vgem = by_driver("vgem").ok_or("vgem")?;
+    ensure_eq!((vkms["kms"].clone(), virtio["kms"].clone(), vgem["kms"].clone()), (true.into(), true.into(), false.into()), "display devices");
+    ensure_eq!(vkms["bus"]["value"], "platform", "vkms bus");
+    ensure_eq!(virtio["bus"]["value"], "pci", "virtio-gpu bus");
+    // The PRIME import test, with a real udmabuf: vkms takes it, virtio-gpu refuses (ENODEV).
+    ensure_eq!(vkms["imports_foreign"]["value"], true, "vkms imports");
+    ensure_eq!(vkms["imports_foreign"]["source"]["kind"], "prime-import-test", "vkms import source");
+    ensure_eq!(virtio["imports_foreign"]["value"], false, "virtio-gpu imports");
+    let result = virtio["imports_foreign"]["source"]["result"].as_str().unwrap_or_default().to_owned();
+    if !result.contains("No such device") {
+        return Err(format!("virtio-gpu import test: {result}"));
+    }
+    let text = Command::new(env!("CARGO_BIN_EXE_cohere")).arg("inspect").output().check("inspect text")?;
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    std::fs::write("/cohere-results/inspect.txt", &text).check("saving inspect output")?;
+    if !text.contains("udmabuf:") || !text.contains("PRIME import test") {
+        return Err(format!("inspect text:\n{text}"));
+    }
     Ok(())
 }
 

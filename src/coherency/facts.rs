@@ -1,0 +1,232 @@
+//! Facts the plan is computed from. Every fact carries its source, so `cohere inspect` and the
+//! import log can say where each verdict came from.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::quirks::Quirks;
+use super::DmabufFdInfo;
+
+/// Where a fact came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Source {
+    /// /proc/self/fdinfo of the buffer.
+    Fdinfo,
+    /// DRM_IOCTL_VERSION on the device node.
+    DrmVersion { node: String },
+    /// A sysfs file or link.
+    Sysfs { path: String },
+    /// The device tree (`of_node`), with or without `dma-coherent`.
+    DeviceTree { path: String },
+    /// The architecture's rule, when nothing more specific is known.
+    ArchDefault { rule: String },
+    /// The quirk database.
+    Quirk { file: String, line: usize },
+    /// The user's config file.
+    Override { file: String, line: usize },
+    /// A PRIME import of a real dma-buf into the device.
+    PrimeImportTest { result: String },
+    /// A property of the renderer cohere uses.
+    Renderer { name: String },
+    /// A default with no better source.
+    Default { rule: String },
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Fdinfo => write!(f, "fdinfo"),
+            Source::DrmVersion { node } => write!(f, "DRM_IOCTL_VERSION on {node}"),
+            Source::Sysfs { path } => write!(f, "sysfs {path}"),
+            Source::DeviceTree { path } => write!(f, "device tree {path}"),
+            Source::ArchDefault { rule } => write!(f, "arch default: {rule}"),
+            Source::Quirk { file, line } => write!(f, "quirk {file}:{line}"),
+            Source::Override { file, line } => write!(f, "override {file}:{line}"),
+            Source::PrimeImportTest { result } => write!(f, "PRIME import test: {result}"),
+            Source::Renderer { name } => write!(f, "renderer {name}"),
+            Source::Default { rule } => write!(f, "default: {rule}"),
+        }
+    }
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fact<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+impl<T> Fact<T> {
+    pub fn new(value: T, source: Source) -> Self {
+        Self { value, source }
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Fact<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.value, self.source)
+    }
+}
+
+/// How the CPU maps an exporter's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryType {
+    Cached,
+    WriteCombined,
+    Uncached,
+    /// Allocated by a GPU for the consumer the client picked from feedback.
+    Device,
+}
+
+impl fmt::Display for MemoryType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemoryType::Cached => "cached",
+            MemoryType::WriteCombined => "write-combined",
+            MemoryType::Uncached => "uncached",
+            MemoryType::Device => "device",
+        })
+    }
+}
+
+/// What is known about a buffer's exporter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExporterFacts {
+    pub name: Fact<String>,
+    pub memory: Fact<MemoryType>,
+    pub syncs_attachments: Fact<bool>,
+    pub cpu_mappable: Fact<bool>,
+}
+
+impl ExporterFacts {
+    /// Facts for exporter `name` from the quirk database. An exporter the database doesn't
+    /// know is treated conservatively: cached memory without attachment sync.
+    pub fn lookup(name: Fact<String>, quirks: &Quirks) -> Self {
+        let unknown = || Source::Default { rule: format!("exporter {} is not in the quirk database", name.value) };
+        Self {
+            memory: quirks.exporter_memory(&name.value).unwrap_or_else(|| Fact::new(MemoryType::Cached, unknown())),
+            syncs_attachments: quirks.exporter_syncs_attachments(&name.value).unwrap_or_else(|| Fact::new(false, unknown())),
+            cpu_mappable: quirks.exporter_cpu_mappable(&name.value).unwrap_or_else(|| Fact::new(true, unknown())),
+            name,
+        }
+    }
+
+    /// Facts for a buffer from its fdinfo.
+    pub fn from_fdinfo(info: &DmabufFdInfo, quirks: &Quirks) -> Self {
+        Self::lookup(Fact::new(info.exp_name.clone(), Source::Fdinfo), quirks)
+    }
+}
+
+/// One DRM device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceFacts {
+    /// `card0`, ...
+    pub name: String,
+    pub driver: Fact<String>,
+    pub bus: Fact<String>,
+    /// `Some` when the device has a device-tree node: whether it says `dma-coherent`.
+    pub dt_dma_coherent: Option<Fact<bool>>,
+    pub render_snoops: Fact<bool>,
+    pub scanout_snoops: Fact<bool>,
+    pub imports_foreign: Fact<bool>,
+    pub renders: Fact<bool>,
+    /// Has connectors: a display (KMS) device.
+    pub kms: bool,
+    pub render_node: Option<String>,
+}
+
+/// How a consumer accesses the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// The renderer samples it (composition).
+    Sample,
+    /// A display controller scans it out.
+    Scanout,
+    /// The CPU reads it (CPU copy).
+    CpuRead,
+}
+
+/// One consumer of a buffer, as the plan sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsumerFacts {
+    /// `render (pixman)`, `scanout card1 (vkms)`, `cpu`.
+    pub name: String,
+    pub access: Access,
+    pub snoops: Fact<bool>,
+    pub imports_foreign: Fact<bool>,
+}
+
+/// Which renderer cohere composites with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RendererFacts {
+    /// A CPU renderer (pixman, or GLES on llvmpipe): it reads buffers through CPU mappings.
+    Cpu { name: String },
+    /// A GPU, by card name.
+    Device { card: String },
+}
+
+/// Everything known about the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachineFacts {
+    /// True on device-tree platforms (most ARM boards), where DMA is noncoherent by default.
+    pub device_tree: bool,
+    pub devices: Vec<DeviceFacts>,
+    pub renderer: RendererFacts,
+}
+
+impl MachineFacts {
+    /// The render consumer.
+    pub fn render_consumer(&self) -> ConsumerFacts {
+        match &self.renderer {
+            RendererFacts::Device { card } => match self.devices.iter().find(|d| &d.name == card) {
+                Some(d) => ConsumerFacts {
+                    name: format!("render {} ({})", d.name, d.driver.value),
+                    access: Access::Sample,
+                    snoops: d.render_snoops.clone(),
+                    imports_foreign: d.imports_foreign.clone(),
+                },
+                None => Self::cpu_renderer(&format!("{card} (missing)")),
+            },
+            RendererFacts::Cpu { name } => Self::cpu_renderer(name),
+        }
+    }
+
+    fn cpu_renderer(name: &str) -> ConsumerFacts {
+        let source = Source::Renderer { name: name.to_owned() };
+        ConsumerFacts {
+            name: format!("render ({name})"),
+            access: Access::Sample,
+            snoops: Fact::new(true, source.clone()),
+            imports_foreign: Fact::new(true, source),
+        }
+    }
+
+    /// One scanout consumer per KMS device.
+    pub fn scanout_consumers(&self) -> Vec<ConsumerFacts> {
+        self.devices
+            .iter()
+            .filter(|d| d.kms)
+            .map(|d| ConsumerFacts {
+                name: format!("scanout {} ({})", d.name, d.driver.value),
+                access: Access::Scanout,
+                snoops: d.scanout_snoops.clone(),
+                imports_foreign: d.imports_foreign.clone(),
+            })
+            .collect()
+    }
+
+    pub fn cpu_consumer() -> ConsumerFacts {
+        let source = Source::Default { rule: "the CPU is coherent with its own caches".into() };
+        ConsumerFacts {
+            name: "cpu".into(),
+            access: Access::CpuRead,
+            snoops: Fact::new(true, source.clone()),
+            imports_foreign: Fact::new(true, source),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The plan: a pure function of (exporter facts, consumer facts, access) that says how each
+//! consumer can read a buffer coherently, and why. This is the only place that decides.
+//!
+//! | memory         | consumer snoops | exporter syncs | path                                 |
+//! |----------------|-----------------|----------------|--------------------------------------|
+//! | any            | can't import    | –              | fallback                             |
+//! | device (GPU)   | –               | –              | Direct (client followed feedback)    |
+//! | WC / uncached  | –               | –              | Direct                               |
+//! | cached         | yes             | –              | Direct                               |
+//! | cached         | no              | yes            | DirectWithMaintenance (SYNC bracket) |
+//! | cached         | no              | no             | fallback                             |
+//!
+//! Fallback for scanout is Composite when the renderer can read the buffer (Direct or with
+//! maintenance), else CpuCopy; for the renderer it is CpuCopy. CpuCopy needs a CPU mapping;
+//! without one the consumer is Reject. The CPU itself reads Direct (its SYNC bracket handles
+//! device writes) when the exporter can be mapped. A CPU copy fixes CPU↔device incoherency
+//! because it brackets its own access; it never claims to fix device-to-device incoherency.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::facts::{Access, ConsumerFacts, ExporterFacts, MachineFacts, MemoryType};
+
+/// How one consumer gets the pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Path {
+    Direct,
+    DirectWithMaintenance,
+    Composite,
+    CpuCopy,
+    Reject,
+}
+
+impl Path {
+    pub const ALL: [Path; 5] = [Path::Direct, Path::DirectWithMaintenance, Path::Composite, Path::CpuCopy, Path::Reject];
+
+    /// Whether the consumer reads the client's buffer itself (no copy, no composition).
+    pub fn reads_buffer(self) -> bool {
+        matches!(self, Path::Direct | Path::DirectWithMaintenance)
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A path and the reason for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub path: Path,
+    pub reason: String,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.path, self.reason)
+    }
+}
+
+fn decide(path: Path, reason: impl Into<String>) -> Decision {
+    Decision { path, reason: reason.into() }
+}
+
+/// The decision for one consumer. `render` is the renderer's decision, needed to know whether
+/// a scanout consumer can fall back to composition; it is ignored for other accesses.
+pub fn plan(exporter: &ExporterFacts, consumer: &ConsumerFacts, render: Option<&Decision>) -> Decision {
+    let exp = &exporter.name.value;
+    if consumer.access == Access::CpuRead {
+        return if exporter.cpu_mappable.value {
+            decide(Path::Direct, format!("{exp} buffers can be mapped; reads are bracketed by DMA_BUF_IOCTL_SYNC"))
+        } else {
+            decide(Path::Reject, format!("{exp} buffers can't be mapped by the CPU"))
+        };
+    }
+    let mem = &exporter.memory;
+    let why_not_direct = if !consumer.imports_foreign.value {
+        format!("{} can't import dma-bufs from other exporters ({})", consumer.name, consumer.imports_foreign.source)
+    } else {
+        match mem.value {
+            MemoryType::Device => {
+                return decide(Path::Direct, format!("{exp} is GPU memory ({}), allocated per dma-buf feedback", mem.source))
+            }
+            MemoryType::WriteCombined | MemoryType::Uncached => {
+                return decide(Path::Direct, format!("{exp} memory is {mem}: no CPU cache to flush"))
+            }
+            MemoryType::Cached if consumer.snoops.value => {
+                return decide(
+                    Path::Direct,
+                    format!("{exp} memory is cached ({}); {} is cache-coherent ({})", mem.source, consumer.name, consumer.snoops.source),
+                )
+            }
+            MemoryType::Cached if exporter.syncs_attachments.value => {
+                return decide(
+                    Path::DirectWithMaintenance,
+                    format!(
+                        "{exp} memory is cached ({}); {} doesn't snoop ({}); {exp} syncs attachments on DMA_BUF_IOCTL_SYNC ({})",
+                        mem.source, consumer.name, consumer.snoops.source, exporter.syncs_attachments.source
+                    ),
+                )
+            }
+            MemoryType::Cached => format!(
+                "{exp} memory is cached ({}); {} doesn't snoop ({}); {exp} can't sync attachments ({})",
+                mem.source, consumer.name, consumer.snoops.source, exporter.syncs_attachments.source
+            ),
+        }
+    };
+    let why = why_not_direct;
+    if consumer.access == Access::Scanout {
+        if let Some(r) = render.filter(|r| r.path.reads_buffer()) {
+            return decide(Path::Composite, format!("{why}; the renderer reads it ({})", r.path));
+        }
+    }
+    if exporter.cpu_mappable.value {
+        decide(Path::CpuCopy, format!("{why}; a SYNC-bracketed CPU copy"))
+    } else {
+        decide(Path::Reject, format!("{why}; and it can't be mapped for a CPU copy"))
+    }
+}
+
+/// The plan for every consumer of one buffer, computed once at import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BufferPlan {
+    pub exporter: String,
+    pub render: (String, Decision),
+    pub scanout: Vec<(String, Decision)>,
+    pub cpu: Decision,
+}
+
+impl BufferPlan {
+    /// Plans a buffer from `exporter` against every consumer on `machine`.
+    pub fn compute(exporter: &ExporterFacts, machine: &MachineFacts) -> Self {
+        let render_consumer = machine.render_consumer();
+        let render = plan(exporter, &render_consumer, None);
+        let scanout = machine
+            .scanout_consumers()
+            .into_iter()
+            .map(|c| {
+                let d = plan(exporter, &c, Some(&render));
+                (c.name, d)
+            })
+            .collect();
+        let cpu = plan(exporter, &MachineFacts::cpu_consumer(), None);
+        Self { exporter: exporter.name.value.clone(), render: (render_consumer.name, render), scanout, cpu }
+    }
+
+    /// `Some(reason)` when no consumer can show the buffer: it gets `failed` at import.
+    pub fn rejection(&self) -> Option<String> {
+        let shown = self.render.1.path != Path::Reject || self.scanout.iter().any(|(_, d)| d.path != Path::Reject);
+        (!shown).then(|| format!("no consumer can show {} buffers: {}", self.exporter, self.render.1.reason))
+    }
+
+    /// Every (consumer, decision), render first.
+    pub fn decisions(&self) -> impl Iterator<Item = (&str, &Decision)> {
+        std::iter::once((self.render.0.as_str(), &self.render.1))
+            .chain(self.scanout.iter().map(|(n, d)| (n.as_str(), d)))
+            .chain(std::iter::once(("cpu", &self.cpu)))
+    }
+}
+
+impl fmt::Display for BufferPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.decisions().map(|(n, d)| format!("{n}: {}", d.path)).collect();
+        f.write_str(&parts.join(", "))
+    }
+}

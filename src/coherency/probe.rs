@@ -1,0 +1,219 @@
+//! Machine facts from sysfs (any root, so tests can use fixture trees), the device tree and,
+//! on a live system, the device nodes themselves (DRM_IOCTL_VERSION and a PRIME import test).
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, OFlags, SealFlags};
+use rustix::ioctl::{ioctl, opcode};
+use smithay::reexports::drm;
+use smithay::reexports::drm::control::Device as _;
+use smithay::reexports::drm::Device as _;
+
+use super::facts::{DeviceFacts, Fact, MachineFacts, RendererFacts, Source};
+use super::quirks::Quirks;
+
+/// Which renderer the plan assumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RendererChoice {
+    /// A CPU renderer (pixman, llvmpipe), by name.
+    Cpu(String),
+    /// The first device that has a render node and can render.
+    FirstRenderDevice,
+}
+
+/// Where to look.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    pub sysfs_root: PathBuf,
+    /// `/dev/dri` on a live system: open nodes for DRM_IOCTL_VERSION and PRIME import tests.
+    /// `None` for fixture trees.
+    pub dev_dri: Option<PathBuf>,
+    pub renderer: RendererChoice,
+}
+
+impl ProbeOptions {
+    /// The running machine.
+    pub fn live(renderer: RendererChoice) -> Self {
+        Self { sysfs_root: "/sys".into(), dev_dri: Some("/dev/dri".into()), renderer }
+    }
+}
+
+fn link_name(path: &Path) -> Option<String> {
+    std::fs::read_link(path).ok()?.file_name()?.to_str().map(str::to_owned)
+}
+
+/// Sources name sysfs paths as `/sys/...` whatever the root, so a fixture tree reads like the
+/// machine it stands for.
+fn sysfs_source(root: &Path, path: &Path) -> Source {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    Source::Sysfs { path: Path::new("/sys").join(rel).display().to_string() }
+}
+
+/// The DRM driver, from the device node if we can open it, else from sysfs.
+fn driver(root: &Path, card: &str, device: &Path, dev_dri: Option<&Path>) -> Option<Fact<String>> {
+    let sysfs = |p: &Path| sysfs_source(root, p);
+    if let Some(node) = dev_dri.map(|d| d.join(card)) {
+        if let Ok(file) = OpenOptions::new().read(true).write(true).open(&node) {
+            let card = Card(file);
+            if let Ok(v) = card.get_driver() {
+                return Some(Fact::new(v.name().to_string_lossy().into_owned(), Source::DrmVersion { node: node.display().to_string() }));
+            }
+        }
+    }
+    let link = device.join("driver");
+    match link_name(&link) {
+        // virtio-pci is the transport; the DRM driver is bound to the virtio child device.
+        Some(name) if name == "virtio-pci" => {
+            let children = std::fs::read_dir(device).ok()?;
+            children.filter_map(|e| e.ok()).find_map(|e| {
+                let is_virtio = e.file_name().to_str().is_some_and(|n| n.starts_with("virtio"));
+                let link = e.path().join("driver");
+                is_virtio.then(|| link_name(&link).map(|n| Fact::new(n, sysfs(&link)))).flatten()
+            })
+        }
+        Some(name) => Some(Fact::new(name, sysfs(&link))),
+        None => {
+            // Platform devices without a bound driver (vkms, vgem) name themselves in modalias.
+            let path = device.join("modalias");
+            let alias = std::fs::read_to_string(&path).ok()?;
+            let name = alias.trim().strip_prefix("platform:")?.to_owned();
+            Some(Fact::new(name, sysfs(&path)))
+        }
+    }
+}
+
+struct Card(std::fs::File);
+impl AsFd for Card {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+impl drm::Device for Card {}
+impl drm::control::Device for Card {}
+
+#[repr(C)]
+struct UdmabufCreate {
+    memfd: u32,
+    flags: u32,
+    offset: u64,
+    size: u64,
+}
+const UDMABUF_CREATE: rustix::ioctl::Opcode = opcode::write::<UdmabufCreate>(b'u', 0x42);
+
+/// UDMABUF_CREATE returns the new dma-buf as the ioctl's return value, which rustix's generic
+/// Setter discards, so it gets its own `Ioctl` impl.
+struct CreateUdmabuf(UdmabufCreate);
+
+// SAFETY: opcode and argument layout match the kernel's UDMABUF_CREATE; the kernel only reads.
+unsafe impl rustix::ioctl::Ioctl for CreateUdmabuf {
+    type Output = OwnedFd;
+    const IS_MUTATING: bool = false;
+    fn opcode(&self) -> rustix::ioctl::Opcode {
+        UDMABUF_CREATE
+    }
+    fn as_ptr(&mut self) -> *mut std::ffi::c_void {
+        (&mut self.0 as *mut UdmabufCreate).cast()
+    }
+    unsafe fn output_from_ptr(out: rustix::ioctl::IoctlOutput, _: *mut std::ffi::c_void) -> rustix::io::Result<OwnedFd> {
+        // SAFETY: a successful UDMABUF_CREATE returns a descriptor the kernel just installed.
+        Ok(unsafe { OwnedFd::from_raw_fd(out) })
+    }
+}
+
+/// A udmabuf of `size` bytes (page multiple) over a sealed memfd, which udmabuf requires
+/// (F_SEAL_SHRINK, no F_SEAL_WRITE). Used for PRIME import tests, and by the test kit.
+pub fn udmabuf(size: usize) -> std::io::Result<OwnedFd> {
+    let size = size.div_ceil(4096) * 4096;
+    let memfd = memfd_create("cohere-udmabuf", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    ftruncate(&memfd, size as u64)?;
+    fcntl_add_seals(&memfd, SealFlags::SHRINK)?;
+    let dev = rustix::fs::open("/dev/udmabuf", OFlags::RDWR | OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
+    let create = UdmabufCreate { memfd: rustix::fd::AsRawFd::as_raw_fd(&memfd) as u32, flags: 0x01, offset: 0, size: size as u64 };
+    // SAFETY: see CreateUdmabuf.
+    Ok(unsafe { ioctl(&dev, CreateUdmabuf(create)) }?)
+}
+
+/// Imports a udmabuf into the device: can it take dma-bufs from other exporters?
+fn prime_import_test(node: &Path) -> Option<Fact<bool>> {
+    let file = OpenOptions::new().read(true).write(true).open(node).ok()?;
+    let card = Card(file);
+    let buf = udmabuf(4096).ok()?;
+    let (ok, result) = match card.prime_fd_to_buffer(buf.as_fd()) {
+        Ok(handle) => {
+            let _ = card.close_buffer(handle);
+            (true, "udmabuf imported".to_owned())
+        }
+        Err(e) => (false, format!("udmabuf refused: {e}")),
+    };
+    Some(Fact::new(ok, Source::PrimeImportTest { result }))
+}
+
+/// Probes every DRM card under `options.sysfs_root`.
+pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
+    let root = &options.sysfs_root;
+    let dt_root = root.join("firmware/devicetree");
+    let device_tree = dt_root.is_dir();
+    let class = root.join("class/drm");
+    let mut entries: Vec<String> = std::fs::read_dir(&class)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    entries.sort_by_key(|n| (n.len(), n.clone()));
+    let cards = entries.iter().filter(|n| n.strip_prefix("card").is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())));
+    let mut devices = Vec::new();
+    for card in cards {
+        let device = class.join(card).join("device");
+        let sysfs = |p: &Path| sysfs_source(root, p);
+        let Some(driver) = driver(root, card, &device, options.dev_dri.as_deref()) else {
+            tracing::debug!(card, "no driver found; skipped");
+            continue;
+        };
+        let subsystem = device.join("subsystem");
+        let bus = Fact::new(link_name(&subsystem).unwrap_or_else(|| "unknown".into()), sysfs(&subsystem));
+        let of_node = device.join("of_node");
+        let dt_dma_coherent = std::fs::symlink_metadata(&of_node).is_ok().then(|| {
+            let prop = of_node.join("dma-coherent");
+            let path = Path::new("/sys").join(prop.strip_prefix(root).unwrap_or(&prop)).display().to_string();
+            Fact::new(prop.exists(), Source::DeviceTree { path })
+        });
+        let default_snoops = match (&dt_dma_coherent, device_tree) {
+            (Some(dt), _) => dt.clone(),
+            (None, true) => Fact::new(false, Source::ArchDefault { rule: "device-tree platform: DMA is noncoherent unless dma-coherent".into() }),
+            (None, false) => Fact::new(true, Source::ArchDefault { rule: "x86: DMA snoops the CPU caches".into() }),
+        };
+        let d = &driver.value;
+        let render_node = std::fs::read_dir(device.join("drm"))
+            .ok()
+            .and_then(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).find(|n| n.starts_with("renderD")));
+        let kms = entries.iter().any(|e| e.starts_with(&format!("{card}-")));
+        let prime = options.dev_dri.as_ref().and_then(|dir| prime_import_test(&dir.join(card)));
+        let imports_foreign = prime
+            .or_else(|| quirks.imports_foreign(d))
+            .unwrap_or_else(|| Fact::new(true, Source::Default { rule: "PRIME import assumed to work".into() }));
+        let renders = quirks.renders(d).unwrap_or_else(|| {
+            Fact::new(render_node.is_some(), sysfs(&device.join("drm")))
+        });
+        devices.push(DeviceFacts {
+            name: card.clone(),
+            render_snoops: quirks.render_snoops(d).unwrap_or_else(|| default_snoops.clone()),
+            scanout_snoops: quirks.scanout_snoops(d).unwrap_or(default_snoops),
+            driver,
+            bus,
+            dt_dma_coherent,
+            imports_foreign,
+            renders,
+            kms,
+            render_node,
+        });
+    }
+    let renderer = match &options.renderer {
+        RendererChoice::Cpu(name) => RendererFacts::Cpu { name: name.clone() },
+        RendererChoice::FirstRenderDevice => devices
+            .iter()
+            .find(|d| d.render_node.is_some() && d.renders.value)
+            .map(|d| RendererFacts::Device { card: d.name.clone() })
+            .unwrap_or(RendererFacts::Cpu { name: "pixman".into() }),
+    };
+    MachineFacts { device_tree, devices, renderer }
+}

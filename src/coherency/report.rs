@@ -1,0 +1,75 @@
+//! What `cohere inspect` prints: the devices and their facts with sources, and the matrix of
+//! exporter × consumer → path, each with its reason. As drm_info does for KMS.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::facts::{ExporterFacts, Fact, MachineFacts, Source};
+use super::plan::BufferPlan;
+use super::quirks::Quirks;
+
+/// The whole report, also serialisable as JSON.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: MachineFacts,
+    pub exporters: Vec<ExporterFacts>,
+    pub plans: Vec<BufferPlan>,
+}
+
+impl Report {
+    /// Plans a buffer from each exporter the quirk database knows.
+    pub fn new(machine: MachineFacts, quirks: &Quirks) -> Self {
+        let exporters: Vec<ExporterFacts> = quirks
+            .exporters()
+            .into_iter()
+            .map(|name| ExporterFacts::lookup(Fact::new(name, Source::Default { rule: "every exporter in the database".into() }), quirks))
+            .collect();
+        let plans = exporters.iter().map(|e| BufferPlan::compute(e, &machine)).collect();
+        Self { machine, exporters, plans }
+    }
+
+    /// Human-readable text.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let platform = if m.device_tree { "device tree (DMA noncoherent unless dma-coherent)" } else { "x86/ACPI (DMA snoops CPU caches)" };
+        let _ = writeln!(out, "platform: {platform}");
+        let renderer = match &m.renderer {
+            super::facts::RendererFacts::Cpu { name } => format!("{name} (CPU)"),
+            super::facts::RendererFacts::Device { card } => card.clone(),
+        };
+        let _ = writeln!(out, "renderer: {renderer}\n");
+        for d in &m.devices {
+            let roles: Vec<&str> = [(d.kms, "display"), (d.render_node.is_some(), "render node")]
+                .iter()
+                .filter_map(|(on, r)| on.then_some(*r))
+                .collect();
+            let _ = writeln!(out, "{}: {} [{}]", d.name, d.driver.value, roles.join(", "));
+            let _ = writeln!(out, "    driver           {}", d.driver);
+            let _ = writeln!(out, "    bus              {}", d.bus);
+            if let Some(dt) = &d.dt_dma_coherent {
+                let _ = writeln!(out, "    dma-coherent     {dt}");
+            }
+            let _ = writeln!(out, "    render snoops    {}", d.render_snoops);
+            let _ = writeln!(out, "    scanout snoops   {}", d.scanout_snoops);
+            let _ = writeln!(out, "    imports foreign  {}", d.imports_foreign);
+            let _ = writeln!(out, "    can render       {}", d.renders);
+        }
+        let _ = writeln!(out, "\nexporters:");
+        for e in &self.exporters {
+            let _ = writeln!(out, "  {}: memory {}, syncs attachments {}, cpu mappable {}", e.name.value, e.memory, e.syncs_attachments, e.cpu_mappable);
+        }
+        let _ = writeln!(out, "\nplan (exporter → consumer: path — reason):");
+        for p in &self.plans {
+            let _ = writeln!(out, "  {}:", p.exporter);
+            for (consumer, d) in p.decisions() {
+                let _ = writeln!(out, "    {consumer:<28} {:<22} {}", d.path.to_string(), d.reason);
+            }
+            if let Some(why) = p.rejection() {
+                let _ = writeln!(out, "    → rejected at import: {why}");
+            }
+        }
+        out
+    }
+}

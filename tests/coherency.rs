@@ -1,0 +1,220 @@
+//! The coherency model on fixture machines (tests/fixtures/sysfs, made by make_sysfs.py):
+//! every machine × buffer source gets its path and reason asserted, the plan's invariants hold
+//! for arbitrary facts, and bad quirk or config files stop cohere with file, line and field.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use cohere::coherency::{
+    plan, probe, report::Report, Access, BufferPlan, ConsumerFacts, ExporterFacts, Fact, MachineFacts, MemoryType, Path,
+    ProbeOptions, Quirks, RendererChoice, Source,
+};
+use proptest::prelude::*;
+
+fn fixture(machine: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs").join(machine)
+}
+
+fn machine(name: &str, renderer: RendererChoice) -> MachineFacts {
+    let quirks = Quirks::builtin().expect("database");
+    probe(&ProbeOptions { sysfs_root: fixture(name), dev_dri: None, renderer }, &quirks)
+}
+
+/// The machine as cohere would run on it: its GPU renders, except in the VM, where cohere
+/// renders with pixman.
+fn natural(name: &str) -> MachineFacts {
+    let renderer = if name == "vm" { RendererChoice::Cpu("pixman".into()) } else { RendererChoice::FirstRenderDevice };
+    machine(name, renderer)
+}
+
+const SOURCES: [&str; 4] = ["udmabuf", "system", "drm", "videobuf2_vmalloc"];
+
+/// "exporter | consumer | path | reason" for every source on `machine`.
+fn table(name: &str) -> String {
+    let quirks = Quirks::builtin().expect("database");
+    let m = natural(name);
+    let mut rows = Vec::new();
+    for exporter in SOURCES {
+        let facts = ExporterFacts::lookup(Fact::new(exporter.into(), Source::Fdinfo), &quirks);
+        let plan = BufferPlan::compute(&facts, &m);
+        for (consumer, d) in plan.decisions() {
+            rows.push(format!("{exporter:<18} | {consumer:<26} | {:<21} | {}", d.path.to_string(), d.reason));
+        }
+        if let Some(why) = plan.rejection() {
+            rows.push(format!("{exporter:<18} | REJECTED: {why}"));
+        }
+    }
+    rows.join("\n")
+}
+
+fn path_of(name: &str, exporter: &str, consumer_prefix: &str) -> Path {
+    let quirks = Quirks::builtin().expect("database");
+    let facts = ExporterFacts::lookup(Fact::new(exporter.into(), Source::Fdinfo), &quirks);
+    let plan = BufferPlan::compute(&facts, &natural(name));
+    let found = plan.decisions().find(|(c, _)| c.starts_with(consumer_prefix)).map(|(_, d)| d.path);
+    found.unwrap_or_else(|| panic!("{consumer_prefix}"))
+}
+
+#[test]
+fn x86_laptop_i915_and_amdgpu() {
+    let m = natural("x86-laptop");
+    let drivers: Vec<&str> = m.devices.iter().map(|d| d.driver.value.as_str()).collect();
+    assert_eq!(drivers, ["i915", "amdgpu"]);
+    assert!(!m.device_tree);
+    insta::assert_snapshot!(table("x86-laptop"));
+    // Cached CPU memory: the GPU snoops; the display engines don't, and udmabuf can sync them.
+    assert_eq!(path_of("x86-laptop", "udmabuf", "render"), Path::Direct);
+    assert_eq!(path_of("x86-laptop", "udmabuf", "scanout card0"), Path::DirectWithMaintenance);
+    assert_eq!(path_of("x86-laptop", "videobuf2_vmalloc", "scanout card1"), Path::Composite);
+}
+
+#[test]
+fn imx8_etnaviv_and_dcss_without_dma_coherent() {
+    let m = natural("imx8");
+    assert!(m.device_tree);
+    assert!(m.devices.iter().all(|d| d.dt_dma_coherent.as_ref().is_some_and(|f| !f.value)));
+    insta::assert_snapshot!(table("imx8"));
+    // The UVC case: CPU-written cached memory, no attachment sync, nothing snoops: CPU copy.
+    assert_eq!(path_of("imx8", "videobuf2_vmalloc", "render"), Path::CpuCopy);
+    assert_eq!(path_of("imx8", "videobuf2_vmalloc", "scanout"), Path::CpuCopy);
+    assert_eq!(path_of("imx8", "udmabuf", "scanout"), Path::DirectWithMaintenance);
+}
+
+#[test]
+fn rpi_v3d_and_vc4() {
+    let m = natural("rpi");
+    let drivers: Vec<&str> = m.devices.iter().map(|d| d.driver.value.as_str()).collect();
+    assert_eq!(drivers, ["v3d", "vc4"]);
+    insta::assert_snapshot!(table("rpi"));
+    assert_eq!(path_of("rpi", "system", "render"), Path::DirectWithMaintenance);
+    assert_eq!(path_of("rpi", "drm", "scanout"), Path::Direct);
+}
+
+#[test]
+fn vm_vkms_vgem_virtio_gpu() {
+    let m = natural("vm");
+    let drivers: Vec<&str> = m.devices.iter().map(|d| d.driver.value.as_str()).collect();
+    assert_eq!(drivers, ["vgem", "vkms", "virtio_gpu"]);
+    let kms: Vec<&str> = m.devices.iter().filter(|d| d.kms).map(|d| d.name.as_str()).collect();
+    assert_eq!(kms, ["card1", "card2"], "vgem has no display");
+    insta::assert_snapshot!(table("vm"));
+    assert_eq!(path_of("vm", "udmabuf", "scanout card1"), Path::Direct);
+    // virtio-gpu refuses foreign dma-bufs: composited by the (CPU) renderer instead.
+    assert_eq!(path_of("vm", "udmabuf", "scanout card2"), Path::Composite);
+}
+
+#[test]
+fn inspect_prints_the_fixture_machine() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cohere"))
+        .args(["inspect", "--sysfs"])
+        .arg(fixture("vm"))
+        .args(["--config", "/nonexistent-cohere-config.toml"])
+        .output()
+        .expect("inspect runs");
+    assert_eq!(out.status.code(), Some(1), "a missing --config is an error");
+    let out = Command::new(env!("CARGO_BIN_EXE_cohere")).args(["inspect", "--json", "--sysfs"]).arg(fixture("vm")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let drivers: Vec<&str> = json["machine"]["devices"].as_array().unwrap().iter().map(|d| d["driver"]["value"].as_str().unwrap()).collect();
+    assert_eq!(drivers, ["vgem", "vkms", "virtio_gpu"]);
+    assert_eq!(json["machine"]["devices"][2]["imports_foreign"]["value"], false);
+    assert_eq!(json["machine"]["devices"][2]["imports_foreign"]["source"]["kind"], "quirk");
+}
+
+#[test]
+fn bad_config_and_quirk_files_stop_cohere_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[driver.vkms]\nscanout_snoops = false\nrender_snooping = true\n").unwrap();
+    let quirks = dir.path().join("quirks.toml");
+    std::fs::write(&quirks, "[exporter.udmabuf]\n\nmemory = \"cahced\"\n").unwrap();
+    for (flag, file, line, field) in [("--config", &config, 3, "render_snooping"), ("--quirks", &quirks, 3, "memory")] {
+        for args in [vec!["inspect", "--sysfs", "/nonexistent"], vec!["--headless", "--exit-after-frames", "1", "--socket", "cohere-test-bad"]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_cohere")).args(&args).arg(flag).arg(file).env("XDG_RUNTIME_DIR", dir.path()).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?} {flag}: {err}");
+            let want = format!("{}:{line}: field `{field}`", file.display());
+            assert!(err.contains(&want), "{args:?} {flag}: wanted {want:?} in {err}");
+        }
+    }
+}
+
+#[test]
+fn report_lists_every_database_exporter() {
+    let quirks = Quirks::builtin().unwrap();
+    let report = Report::new(natural("rpi"), &quirks);
+    assert_eq!(report.plans.len(), quirks.exporters().len());
+    assert!(report.text().contains("videobuf2_vmalloc:"));
+}
+
+fn arb_source() -> impl Strategy<Value = Source> {
+    Just(Source::Default { rule: "proptest".into() })
+}
+
+fn arb_exporter() -> impl Strategy<Value = ExporterFacts> {
+    let memory = prop_oneof![Just(MemoryType::Cached), Just(MemoryType::WriteCombined), Just(MemoryType::Uncached), Just(MemoryType::Device)];
+    (memory, any::<bool>(), any::<bool>(), arb_source()).prop_map(|(m, sync, map, s)| ExporterFacts {
+        name: Fact::new("x".into(), s.clone()),
+        memory: Fact::new(m, s.clone()),
+        syncs_attachments: Fact::new(sync, s.clone()),
+        cpu_mappable: Fact::new(map, s),
+    })
+}
+
+fn arb_consumer(access: Access) -> impl Strategy<Value = ConsumerFacts> {
+    (any::<bool>(), any::<bool>(), arb_source()).prop_map(move |(snoops, imports, s)| ConsumerFacts {
+        name: "c".into(),
+        access,
+        snoops: Fact::new(snoops, s.clone()),
+        imports_foreign: Fact::new(imports, s),
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn plan_invariants(exporter in arb_exporter(), render_c in arb_consumer(Access::Sample), scan in prop::collection::vec(arb_consumer(Access::Scanout), 0..4)) {
+        let render = plan(&exporter, &render_c, None);
+        let mut all = vec![(render_c.clone(), render.clone())];
+        for c in &scan {
+            all.push((c.clone(), plan(&exporter, c, Some(&render))));
+        }
+        for (c, d) in &all {
+            // Never read cached memory directly with a device that doesn't snoop.
+            if exporter.memory.value == MemoryType::Cached && !c.snoops.value {
+                prop_assert_ne!(d.path, Path::Direct, "{:?}", d);
+            }
+            // Maintenance only where the exporter's SYNC does it.
+            if d.path == Path::DirectWithMaintenance {
+                prop_assert!(exporter.syncs_attachments.value && exporter.memory.value == MemoryType::Cached);
+            }
+            // A device that can't import never reads the buffer itself.
+            if !c.imports_foreign.value {
+                prop_assert!(!d.path.reads_buffer());
+            }
+            // Composition only for scanout, and only when the renderer reads the buffer.
+            if d.path == Path::Composite {
+                prop_assert!(c.access == Access::Scanout && render.path.reads_buffer());
+            }
+            // CPU copies need a CPU mapping; reject only when nothing else is possible.
+            if d.path == Path::CpuCopy {
+                prop_assert!(exporter.cpu_mappable.value);
+            }
+            if d.path == Path::Reject {
+                prop_assert!(!exporter.cpu_mappable.value);
+                prop_assert!(c.access == Access::Sample || !render.path.reads_buffer());
+            }
+            prop_assert!(!d.reason.is_empty());
+        }
+        // The buffer is rejected only when every consumer rejects.
+        let machine_plan = BufferPlan {
+            exporter: "x".into(),
+            render: ("render".into(), render.clone()),
+            scanout: all[1..].iter().map(|(c, d)| (c.name.clone(), d.clone())).collect(),
+            cpu: plan(&exporter, &MachineFacts::cpu_consumer(), None),
+        };
+        let every_reject = all.iter().all(|(_, d)| d.path == Path::Reject);
+        prop_assert_eq!(machine_plan.rejection().is_some(), every_reject);
+    }
+}

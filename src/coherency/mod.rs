@@ -105,21 +105,15 @@ impl CoherencyOptions {
     pub fn load(&self) -> Result<Quirks, QuirkError> {
         let mut quirks = match &self.quirks_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| QuirkError {
-                    file: path.display().to_string(),
-                    line: 0,
-                    field: String::new(),
-                    message: format!("cannot read: {e}"),
-                })?;
                 let mut q = Quirks::empty();
-                q.push(&path.display().to_string(), &text, Layer::Database)?;
+                q.push_file(path, Layer::Database)?;
                 q
             }
             None => Quirks::builtin()?,
         };
         let config = self.config_file.clone().or_else(|| default_config_path().filter(|p| p.exists()));
         if let Some(path) = config {
-            quirks.push_override_file(&path)?;
+            quirks.push_file(&path, Layer::Override)?;
             tracing::info!(config = %path.display(), "coherency overrides loaded");
         }
         Ok(quirks)

@@ -114,15 +114,15 @@ impl Quirks {
         Ok(())
     }
 
-    /// Adds the user's override file.
-    pub fn push_override_file(&mut self, path: &Path) -> Result<(), QuirkError> {
+    /// Reads `path` and adds it as a layer.
+    pub fn push_file(&mut self, path: &Path, layer: Layer) -> Result<(), QuirkError> {
         let text = std::fs::read_to_string(path).map_err(|e| QuirkError {
             file: path.display().to_string(),
             line: 0,
             field: String::new(),
             message: format!("cannot read: {e}"),
         })?;
-        self.push(&path.display().to_string(), &text, Layer::Override)
+        self.push(&path.display().to_string(), &text, layer)
     }
 
     fn lookup<T: Clone>(&self, pick: impl Fn(&File) -> Option<&Spanned<T>>) -> Option<Fact<T>> {

@@ -110,6 +110,22 @@ fn wayland_info_lists_every_global() {
 }
 
 #[test]
+fn several_outputs_are_advertised_side_by_side() {
+    require("wayland-info");
+    let out = cohere(&[
+        "--headless", "--kiosk", "--socket", "cohere-test-outputs", "--size", "640x480", "--size", "320x200", "--refresh", "50",
+        "--", "wayland-info",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches("interface: 'wl_output',").count(), 2, "{stdout}");
+    assert!(stdout.contains("width: 640 px, height: 480 px, refresh: 50.000 Hz"), "{stdout}");
+    assert!(stdout.contains("width: 320 px, height: 200 px, refresh: 50.000 Hz"), "{stdout}");
+    // xdg-output: the second output sits to the right of the first.
+    assert!(stdout.contains("logical_x: 640, logical_y: 0"), "{stdout}");
+}
+
+#[test]
 fn weston_simple_shm_kiosk_is_centred_fullscreen() {
     require("weston-simple-shm");
     let path = shot_path("kiosk-simple-shm");

@@ -127,6 +127,11 @@ where
             tracing::warn!(?err, "render fence wait failed");
         }
         let states = result.states;
+        // Release textures of buffers that are gone (a client that left), so their memory and
+        // fds go at the next frame instead of lingering in the renderer's cache.
+        if let Err(err) = self.renderer.cleanup_texture_cache() {
+            tracing::debug!(%err, "texture cache cleanup");
+        }
         slot.rendered_at = Some(out.frame);
         out.front = Some(index);
         Ok(FrameReport { damaged, states })

@@ -244,7 +244,11 @@ fn run(cli: RunArgs) -> anyhow::Result<u8> {
         out.flush()?;
     }
     compositor.spawn(&cli.command)?;
-    Ok(match compositor.run() {
+    let exit = compositor.run();
+    let counters = &compositor.state.backend.coherency.counters;
+    let paths: Vec<String> = counters.decisions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tracing::info!(buffers = counters.buffers, rejected = counters.rejected, paths = %paths.join(" "), "coherency plans made");
+    Ok(match exit {
         Exit::FramesDone => 0,
         Exit::AppExited(code) => u8::try_from(code).unwrap_or(1),
         Exit::Failed => 1,

@@ -15,7 +15,7 @@ use smithay::reexports::wayland_server::backend::{ClientData, ClientId, Disconne
 use smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer;
 use smithay::reexports::wayland_server::Display;
 use smithay::wayland::buffer::BufferHandler;
-use wayland_client::protocol::{wl_buffer, wl_callback, wl_registry};
+use wayland_client::protocol::{wl_buffer, wl_callback, wl_compositor, wl_registry, wl_surface};
 use wayland_client::{Connection, Dispatch, EventQueue, QueueHandle};
 use wayland_protocols::wp::linux_dmabuf::zv1::client::{
     zwp_linux_buffer_params_v1 as params_v1, zwp_linux_dmabuf_feedback_v1 as feedback_v1, zwp_linux_dmabuf_v1 as dmabuf_v1,
@@ -117,6 +117,7 @@ impl Server {
 #[derive(Debug, Default)]
 pub struct ClientState {
     pub global: Option<(u32, u32)>,
+    pub compositor_global: Option<(u32, u32)>,
     pub syncs: u32,
     pub created: Vec<u32>,
     pub failed: Vec<u32>,
@@ -170,6 +171,15 @@ impl Client {
         self.dmabuf.as_ref().expect("bound").get_default_feedback(&self.qh, ())
     }
 
+    /// Binds wl_compositor, makes a surface and asks for its feedback.
+    pub fn surface_feedback(&self) -> (wl_surface::WlSurface, feedback_v1::ZwpLinuxDmabufFeedbackV1) {
+        let (name, _) = self.state.compositor_global.expect("wl_compositor advertised");
+        let compositor: wl_compositor::WlCompositor = self.registry.bind(name, 1, &self.qh, ());
+        let surface = compositor.create_surface(&self.qh, ());
+        let feedback = self.dmabuf.as_ref().expect("bound").get_surface_feedback(&surface, &self.qh, ());
+        (surface, feedback)
+    }
+
     pub fn error(&self) -> Option<SeenError> {
         self.conn.protocol_error().map(|e| SeenError { code: e.code, object_id: e.object_id, interface: e.object_interface })
     }
@@ -185,6 +195,9 @@ impl Dispatch<wl_registry::WlRegistry, ()> for ClientState {
         if let wl_registry::Event::Global { name, interface, version } = event {
             if interface == "zwp_linux_dmabuf_v1" {
                 state.global = Some((name, version));
+            }
+            if interface == "wl_compositor" {
+                state.compositor_global = Some((name, version));
             }
         }
     }
@@ -265,6 +278,14 @@ fn read_table(fd: std::os::fd::OwnedFd, size: u32) -> Vec<(u32, u64)> {
         .chunks_exact(16)
         .map(|e| (u32::from_ne_bytes(e[0..4].try_into().unwrap()), u64::from_ne_bytes(e[8..16].try_into().unwrap())))
         .collect()
+}
+
+impl Dispatch<wl_compositor::WlCompositor, ()> for ClientState {
+    fn event(_: &mut Self, _: &wl_compositor::WlCompositor, _: wl_compositor::Event, _: &(), _: &Connection, _: &QueueHandle<Self>) {}
+}
+
+impl Dispatch<wl_surface::WlSurface, ()> for ClientState {
+    fn event(_: &mut Self, _: &wl_surface::WlSurface, _: wl_surface::Event, _: &(), _: &Connection, _: &QueueHandle<Self>) {}
 }
 
 impl Dispatch<wl_buffer::WlBuffer, ()> for ClientState {

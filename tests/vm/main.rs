@@ -27,7 +27,20 @@ fn main() -> ExitCode {
     if std::env::var_os("COHERE_IN_VM").is_none() {
         return run_in_vm(&args);
     }
-    let trials = tests::all().into_iter().chain(dmabuf::all()).map(|(name, f)| Trial::test(name, move || f().map_err(Into::into))).collect();
+    let trials = tests::all()
+        .into_iter()
+        .chain(dmabuf::all())
+        .map(|(name, f)| {
+            Trial::test(name, move || {
+                let start = std::time::Instant::now();
+                let result = f().map_err(Into::into);
+                if std::env::var_os("COHERE_TEST_TIMES").is_some() {
+                    eprintln!("{name}: {} ms", start.elapsed().as_millis());
+                }
+                result
+            })
+        })
+        .collect();
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
 

@@ -160,7 +160,7 @@ fn run_cohere_with_udmabuf_client(extra: &[&str], shot: &str) -> Result<String, 
     let me = std::env::current_exe().check("current exe")?;
     let out = Command::new(env!("CARGO_BIN_EXE_cohere"))
         .args(["--headless", "--kiosk", "--size", &format!("{}x{}", CLIENT_SIZE.0, CLIENT_SIZE.1)])
-        .args(["--refresh", "240", "--screenshot", shot])
+        .args(["--refresh", "480", "--screenshot", shot])
         .args(["--after-frames", "240", "--exit-after-frames", "240"])
         .args(extra)
         .arg("--")
@@ -217,6 +217,13 @@ fn override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact() -> Result
     let line = plan_line(&log)?;
     if !line.contains("(vkms): DirectWithMaintenance") || !line.contains("doesn't snoop (override /tmp/cohere-override.toml:3)") {
         return Err(format!("the override did not change the plan: {line}"));
+    }
+    // The per-path counters at exit: one buffer, its vkms scanout with maintenance.
+    let counters = log.lines().find(|l| l.contains("coherency plans made")).ok_or(format!("no counters line:\n{log}"))?;
+    for want in ["buffers=1", "rejected=0", "scanout:DirectWithMaintenance=1", "scanout:Composite=1", "render:Direct=1"] {
+        if !counters.contains(want) {
+            return Err(format!("{want} missing from {counters}"));
+        }
     }
     Ok(())
 }
@@ -323,7 +330,7 @@ fn weston_simple_dmabuf_feedback_receives_cohere_feedback() -> Result<(), String
     nodes.sort();
     let main = format!("/dev/dri/{}", nodes.first().ok_or("no render node")?);
     let out = Command::new(env!("CARGO_BIN_EXE_cohere"))
-        .args(["--headless", "--kiosk", "--exit-after-frames", "120", "--", "weston-simple-dmabuf-feedback"])
+        .args(["--headless", "--kiosk", "--refresh", "240", "--exit-after-frames", "120", "--", "weston-simple-dmabuf-feedback"])
         .env("RUST_LOG", "warn")
         .output()
         .check("running cohere")?;

@@ -120,8 +120,6 @@ pub struct Control {
     primary_frames: u64,
     /// Set when the launched app's pidfd became readable.
     app_exited: bool,
-    #[cfg(feature = "test-support")]
-    pub last_screenshot: Option<Screenshot>,
 }
 
 /// The app cohere launched, and what its exit means.
@@ -242,10 +240,6 @@ fn headless_frame(state: &mut State<Headless>, output: &Output, interval: Durati
                             tracing::error!(%err, path = %request.path.display(), "screenshot not written");
                             control.exit = Some(Exit::Failed);
                         }
-                    }
-                    #[cfg(feature = "test-support")]
-                    {
-                        control.last_screenshot = Some(shot);
                     }
                 }
                 Err(err) => {
@@ -394,11 +388,6 @@ impl<B: Backend> Compositor<B> {
     /// Connects a client over one end of a socket pair (tests, embedders with their own sockets).
     pub fn insert_client(&mut self, stream: UnixStream) -> std::io::Result<Client> {
         self.state.core.display_handle.insert_client(stream, Arc::new(ClientState::default()))
-    }
-
-    #[cfg(feature = "test-support")]
-    pub fn control(&self) -> &Control {
-        &self.state.core.control
     }
 }
 

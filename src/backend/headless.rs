@@ -170,7 +170,6 @@ pub struct Headless {
     renderer: AnyRenderer,
     import: ImportState,
     pub coherency: CoherencyState,
-    redraw_requested: bool,
 }
 
 impl Headless {
@@ -199,7 +198,7 @@ impl Headless {
         };
         let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu(name.into())));
         tracing::info!(renderer = ?kind, "headless backend ready");
-        Ok(Self { renderer, import, coherency, redraw_requested: true })
+        Ok(Self { renderer, import, coherency })
     }
 
     pub fn renderer_kind(&self) -> RendererKind {
@@ -216,7 +215,6 @@ impl Headless {
 
     /// Renders one frame of `output` into its next swapchain slot.
     pub fn render<B: Backend>(&mut self, output: &Output, core: &Core<B>) -> Result<FrameReport, HeadlessError> {
-        self.redraw_requested = false;
         with_renderer!(&mut self.renderer, r => r.render(output, core))
     }
 
@@ -255,9 +253,9 @@ impl ImportHandler for State<Headless> {
 crate::delegate_import!(State<Headless>);
 
 impl Backend for Headless {
-    fn schedule_redraw(&mut self) {
-        self.redraw_requested = true;
-    }
+    /// Headless outputs render on every refresh tick anyway; damage tracking makes a frame
+    /// with nothing new cost nothing, so there is nothing to schedule.
+    fn schedule_redraw(&mut self) {}
 }
 
 fn software_gles() -> Result<GlesRenderer, HeadlessError> {

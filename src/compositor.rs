@@ -80,6 +80,8 @@ pub struct Options {
     pub dmabuf_main_device: Option<u64>,
     /// Quirk database and user overrides for the coherency model.
     pub coherency: crate::coherency::CoherencyOptions,
+    /// KMS: drive only this device node instead of every one on the seat.
+    pub drm_device: Option<PathBuf>,
 }
 
 /// Why [`Compositor::run`] returned.
@@ -106,6 +108,10 @@ pub enum StartError {
     Socket { name: String, reason: String },
     #[error("event loop: {0}")]
     EventLoop(String),
+    #[error(transparent)]
+    Drm(#[from] crate::backend::drm::DrmBackendError),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("could not launch {command:?}: {source}")]
     Spawn { command: String, source: std::io::Error },
 }
@@ -156,8 +162,7 @@ impl Compositor<Headless> {
         for (output, _) in &outputs {
             state.backend.add_output(output)?;
         }
-        state.core.control.screenshot = options.screenshot;
-        state.core.control.exit_after_frames = options.exit_after_frames;
+        state.core.control.configure(options.screenshot, options.exit_after_frames);
         let mut compositor = Self::assemble(event_loop, display, state, &options.socket)?;
         if options.pacing == FramePacing::Refresh {
             for (output, config) in outputs {
@@ -227,35 +232,44 @@ fn headless_frame(state: &mut State<Headless>, output: &Output, interval: Durati
     if state.core.primary_output() != Some(output) {
         return;
     }
-    let control = &mut state.core.control;
-    control.primary_frames += 1;
-    let frames = control.primary_frames;
-    if control.screenshot.as_ref().is_some_and(|s| frames >= s.after_frames) {
-        if let Some(request) = control.screenshot.take() {
-            match state.backend.screenshot(output) {
-                Ok(shot) => {
-                    match shot.write_png(std::io::BufWriter::new(&request.file)) {
-                        Ok(()) => tracing::info!(path = %request.path.display(), frame = frames, "screenshot written"),
-                        Err(err) => {
-                            tracing::error!(%err, path = %request.path.display(), "screenshot not written");
-                            control.exit = Some(Exit::Failed);
-                        }
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(%err, "screenshot readback failed");
-                    control.exit = Some(Exit::Failed);
-                }
-            }
+    let Some(request) = state.core.control.primary_frame() else { return };
+    let written = state
+        .backend
+        .screenshot(output)
+        .map_err(|e| e.to_string())
+        .and_then(|shot| shot.write_png(std::io::BufWriter::new(&request.file)).map_err(|e| e.to_string()));
+    match written {
+        Ok(()) => tracing::info!(path = %request.path.display(), "screenshot written"),
+        Err(err) => {
+            tracing::error!(%err, path = %request.path.display(), "screenshot not written");
+            state.core.control.exit = Some(Exit::Failed);
         }
     }
-    if control.exit_after_frames.is_some_and(|n| frames >= n) && control.exit.is_none() {
-        control.exit = Some(Exit::FramesDone);
+}
+
+impl Control {
+    pub(crate) fn configure(&mut self, screenshot: Option<ScreenshotRequest>, exit_after_frames: Option<u64>) {
+        self.screenshot = screenshot;
+        self.exit_after_frames = exit_after_frames;
+    }
+
+    /// Counts a frame shown by the primary output, sets the exit condition when reached, and
+    /// returns the screenshot request that is due now, if any.
+    pub(crate) fn primary_frame(&mut self) -> Option<ScreenshotRequest> {
+        self.primary_frames += 1;
+        let frames = self.primary_frames;
+        if self.exit_after_frames.is_some_and(|n| frames >= n) && self.exit.is_none() {
+            self.exit = Some(Exit::FramesDone);
+        }
+        if self.screenshot.as_ref().is_some_and(|s| frames >= s.after_frames) {
+            return self.screenshot.take();
+        }
+        None
     }
 }
 
 impl<B: Backend> Compositor<B> {
-    fn assemble(
+    pub(crate) fn assemble(
         event_loop: EventLoop<'static, State<B>>,
         display: Display<State<B>>,
         state: State<B>,

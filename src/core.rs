@@ -91,7 +91,7 @@ pub struct Core<B: Backend> {
     pub clock: Clock<Monotonic>,
     pub counters: Counters,
     pub control: crate::compositor::Control,
-    outputs: Vec<(Output, OutputConfig)>,
+    outputs: Vec<(Output, OutputConfig, smithay::reexports::wayland_server::backend::GlobalId)>,
 }
 
 impl<B: Backend> Core<B> {
@@ -141,28 +141,38 @@ impl<B: Backend> Core<B> {
                 model: model.into(),
             },
         );
-        let x: i32 = self.outputs.iter().map(|(_, c)| c.size.0).sum();
+        let x: i32 = self.outputs.iter().map(|(_, c, _)| c.size.0).sum();
         let mode = Mode { size: config.size.into(), refresh: config.refresh_mhz as i32 };
         output.change_current_state(Some(mode), Some(Transform::Normal), Some(Scale::Integer(1)), Some((x, 0).into()));
         output.set_preferred(mode);
-        output.create_global::<State<B>>(&self.display_handle);
+        let global = output.create_global::<State<B>>(&self.display_handle);
         self.space.map_output(&output, (x, 0));
-        self.outputs.push((output.clone(), config));
+        self.outputs.push((output.clone(), config, global));
         tracing::info!(output = name, w = config.size.0, h = config.size.1, mhz = config.refresh_mhz, "output added");
         output
     }
 
+    /// Removes an output (unplugged): its global goes, windows stay in the space.
+    pub fn remove_output(&mut self, output: &Output) {
+        self.space.unmap_output(output);
+        if let Some(i) = self.outputs.iter().position(|(o, _, _)| o == output) {
+            let (_, _, global) = self.outputs.remove(i);
+            self.display_handle.remove_global::<State<B>>(global);
+            tracing::info!(output = output.name(), "output removed");
+        }
+    }
+
     pub fn outputs(&self) -> impl Iterator<Item = &Output> {
-        self.outputs.iter().map(|(o, _)| o)
+        self.outputs.iter().map(|(o, _, _)| o)
     }
 
     pub fn output_config(&self, output: &Output) -> Option<OutputConfig> {
-        self.outputs.iter().find(|(o, _)| o == output).map(|(_, c)| *c)
+        self.outputs.iter().find(|(o, _, _)| o == output).map(|(_, c, _)| *c)
     }
 
     /// The output new kiosk windows go to and the one screenshots default to.
     pub fn primary_output(&self) -> Option<&Output> {
-        self.outputs.first().map(|(o, _)| o)
+        self.outputs.first().map(|(o, _, _)| o)
     }
 
     /// Logical size of an output, for fullscreen configures.

@@ -31,6 +31,7 @@ pub mod coherency;
 pub mod compositor;
 pub mod core;
 pub mod import;
+pub mod path;
 pub mod render;
 pub mod shell;
 mod state;
@@ -44,7 +45,8 @@ pub mod reexports {
 }
 
 pub use backend::headless::{Headless, RendererKind};
-pub use backend::Backend;
+pub use backend::drm::Drm;
+pub use backend::{Backend, OutputCounters};
 pub use compositor::{Compositor, Exit, FramePacing, Options, ScreenshotRequest, SocketChoice, StartError};
 pub use core::{Core, Counters, OutputConfig};
 pub use render::Screenshot;

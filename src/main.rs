@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cohere::coherency::{self, CoherencyOptions, ProbeOptions, RendererChoice};
-use cohere::{Compositor, Exit, Options, OutputConfig, RendererKind, ScreenshotRequest, ShellMode, SocketChoice};
+use cohere::{Backend, Compositor, Exit, Options, OutputConfig, RendererKind, ScreenshotRequest, ShellMode, SocketChoice};
 
 #[derive(Debug, Parser)]
 #[command(name = "cohere", version, about = "Wayland compositor that shows client dma-bufs through the cheapest coherent path")]
@@ -101,6 +101,9 @@ struct RunArgs {
     /// Exit after the first output has shown N frames.
     #[arg(long, value_name = "N")]
     exit_after_frames: Option<u64>,
+    /// Use only this DRM device (KMS), e.g. /dev/dri/card1.
+    #[arg(long, value_name = "PATH")]
+    drm_device: Option<PathBuf>,
     #[command(flatten)]
     coherency: CoherencyArgs,
     /// App to launch with WAYLAND_DISPLAY set.
@@ -196,34 +199,38 @@ fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
 
 fn run(cli: RunArgs) -> anyhow::Result<u8> {
     ensure_runtime_dir()?;
-    if !cli.headless {
-        // The KMS backend is not built yet; say so rather than failing.
-        eprintln!("cohere: no KMS backend in this build; running headless");
+    if let (Some(after), Some(exit)) = (cli.screenshot.as_ref().map(|_| cli.after_frames), cli.exit_after_frames) {
+        if exit < after {
+            bail!("--exit-after-frames {exit} comes before --after-frames {after}: the screenshot would never be taken");
+        }
     }
+    if !cli.headless {
+        match Compositor::new_drm(options(&cli)?) {
+            Ok(compositor) => return drive(compositor, &cli.command),
+            // A device asked for by name must work; otherwise fall back to headless and say why.
+            Err(err) if cli.drm_device.is_some() => bail!("KMS on {}: {err}", cli.drm_device.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+            Err(err) => eprintln!("cohere: KMS not available ({err}); running headless"),
+        }
+    }
+    drive(Compositor::new_headless(options(&cli)?)?, &cli.command)
+}
+
+fn options(cli: &RunArgs) -> anyhow::Result<Options> {
     let refresh_mhz = (cli.refresh * 1000.0).round() as u32;
     let outputs = cli.sizes.iter().map(|&size| OutputConfig { size, refresh_mhz }).collect::<Vec<_>>();
     let outputs = if outputs.is_empty() { vec![OutputConfig { refresh_mhz, ..OutputConfig::default() }] } else { outputs };
-    let screenshot = match cli.screenshot {
+    let screenshot = match &cli.screenshot {
         Some(path) => Some(
             ScreenshotRequest::new(path.clone(), cli.after_frames)
                 .with_context(|| format!("cannot write screenshot {}", path.display()))?,
         ),
         None => None,
     };
-    if let (Some(shot), Some(exit)) = (&screenshot, cli.exit_after_frames) {
-        if exit < shot.after_frames {
-            bail!("--exit-after-frames {exit} comes before --after-frames {}: the screenshot would never be taken", shot.after_frames);
-        }
-    }
     let dmabuf_main_device = match &cli.dmabuf_device {
-        Some(path) => Some(
-            rustix::fs::stat(path)
-                .with_context(|| format!("--dmabuf-device {}", path.display()))?
-                .st_rdev,
-        ),
+        Some(path) => Some(rustix::fs::stat(path).with_context(|| format!("--dmabuf-device {}", path.display()))?.st_rdev),
         None => None,
     };
-    let options = Options {
+    Ok(Options {
         dmabuf_main_device,
         shell: if cli.kiosk { ShellMode::Kiosk } else { ShellMode::Desktop },
         outputs,
@@ -231,23 +238,30 @@ fn run(cli: RunArgs) -> anyhow::Result<u8> {
             RendererArg::Pixman => RendererKind::Pixman,
             RendererArg::Gles => RendererKind::Gles,
         },
-        socket: cli.socket.map_or(SocketChoice::Auto, SocketChoice::Named),
+        socket: cli.socket.clone().map_or(SocketChoice::Auto, SocketChoice::Named),
         screenshot,
         exit_after_frames: cli.exit_after_frames,
         coherency: cli.coherency.options(),
+        drm_device: cli.drm_device.clone(),
         ..Options::default()
-    };
-    let mut compositor = Compositor::new_headless(options)?;
+    })
+}
+
+/// Prints the socket, launches the app, runs until an exit condition, logs the plan counters.
+fn drive<B: Backend>(mut compositor: Compositor<B>, command: &[OsString]) -> anyhow::Result<u8> {
     if let Some(name) = compositor.socket_name() {
         let mut out = std::io::stdout().lock();
         writeln!(out, "WAYLAND_DISPLAY={}", name.to_string_lossy())?;
         out.flush()?;
     }
-    compositor.spawn(&cli.command)?;
+    compositor.spawn(command)?;
     let exit = compositor.run();
-    let counters = &compositor.state.backend.coherency.counters;
+    let counters = &compositor.state.backend.coherency().counters;
     let paths: Vec<String> = counters.decisions.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!(buffers = counters.buffers, rejected = counters.rejected, paths = %paths.join(" "), "coherency plans made");
+    for (output, c) in compositor.state.backend.output_counters() {
+        tracing::info!(output, frames = c.frames, zero_copy = c.zero_copy_elements, composited = c.composited_elements, "output counters");
+    }
     Ok(match exit {
         Exit::FramesDone => 0,
         Exit::AppExited(code) => u8::try_from(code).unwrap_or(1),

@@ -67,3 +67,56 @@ impl Card {
         PathBuf::from(format!("/sys/kernel/debug/dri/{}", self.minor))
     }
 }
+
+#[repr(C)]
+#[derive(Default)]
+struct MapDumb {
+    handle: u32,
+    pad: u32,
+    offset: u64,
+}
+const MODE_MAP_DUMB: rustix::ioctl::Opcode = rustix::ioctl::opcode::read_write::<MapDumb>(b'd', 0xB3);
+
+impl Card {
+    /// What the primary plane of the active CRTC shows, read through DRM_IOCTL_MODE_GETFB2 and
+    /// a dumb-buffer mapping: (width, height, XRGB8888 pixels). Works for compositor-allocated
+    /// (dumb) framebuffers; a directly scanned-out client dma-buf is an imported object and
+    /// can't be mapped this way (use vkms CRC for those).
+    pub fn read_primary_plane(&self) -> Result<(u32, u32, Vec<u32>), KitError> {
+        use smithay::reexports::drm::control::Device as _;
+        self.enable_atomic()?;
+        for p in self.plane_handles().context("planes")? {
+            let info = self.get_plane(p).context("plane")?;
+            let (Some(_), Some(fb)) = (info.crtc(), info.framebuffer()) else { continue };
+            let props = self.get_properties(p).context("plane props")?;
+            let names = props.as_hashmap(self).context("plane props")?;
+            let is_primary = names.get("type").is_some_and(|t| props.iter().any(|(h, v)| *h == t.handle() && *v == 1));
+            if !is_primary {
+                continue;
+            }
+            let fbinfo = self.get_planar_framebuffer(fb).map_err(|e| KitError { what: format!("GETFB2: {e:?}"), source: std::io::ErrorKind::Other.into() })?;
+            let (w, h) = fbinfo.size();
+            let pitch = fbinfo.pitches()[0] as usize;
+            let handle: u32 = fbinfo.buffers()[0].map(Into::into).ok_or_else(|| KitError { what: "GETFB2 gave no handle".into(), source: std::io::ErrorKind::PermissionDenied.into() })?;
+            let mut map = MapDumb { handle, ..Default::default() };
+            // SAFETY: DRM_IOCTL_MODE_MAP_DUMB with its exact struct layout.
+            unsafe { rustix::ioctl::ioctl(self, rustix::ioctl::Updater::<MODE_MAP_DUMB, MapDumb>::new(&mut map)) }.context("MODE_MAP_DUMB")?;
+            let len = pitch * h as usize;
+            // SAFETY: a fresh read-only shared mapping of the framebuffer, unmapped below.
+            let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, self, map.offset) }
+                .context("mmap framebuffer")?;
+            // SAFETY: ptr is valid for len bytes until munmap.
+            let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+            let mut pixels = Vec::with_capacity((w * h) as usize);
+            for row in 0..h as usize {
+                for px in bytes[row * pitch..row * pitch + w as usize * 4].chunks_exact(4) {
+                    pixels.push(u32::from_le_bytes([px[0], px[1], px[2], px[3]]) & 0x00ff_ffff);
+                }
+            }
+            // SAFETY: unmapping what we mapped.
+            unsafe { rustix::mm::munmap(ptr, len) }.context("munmap")?;
+            return Ok((w, h, pixels));
+        }
+        Err(KitError { what: format!("{}: no active primary plane", self.driver), source: std::io::ErrorKind::NotFound.into() })
+    }
+}

@@ -13,6 +13,7 @@ mod dmabuf;
 mod harness;
 #[path = "../import/harness.rs"]
 mod import_harness;
+mod kms;
 mod tests;
 
 use std::process::{Command, ExitCode};
@@ -27,10 +28,15 @@ fn main() -> ExitCode {
     if std::env::var_os("COHERE_IN_VM").is_none() {
         return run_in_vm(&args);
     }
-    let trials = tests::all()
-        .into_iter()
-        .chain(dmabuf::all())
-        .map(|(name, f)| {
+    // Boot groups (see run_in_vm): 0 = everything without a KMS compositor, then the KMS tests,
+    // which hold the display and run one after another, split so each boot stays short.
+    let group = std::env::var("COHERE_VM_GROUP").ok().and_then(|g| g.parse::<usize>().ok());
+    let base = tests::all().into_iter().chain(dmabuf::all()).map(|t| (0, t));
+    let kms = kms::all().into_iter().enumerate().map(|(i, t)| (1 + i / 2, t));
+    let trials = base
+        .chain(kms)
+        .filter(|(g, _)| group.map_or(true, |want| want == *g))
+        .map(|(_, (name, f))| {
             Trial::test(name, move || {
                 let start = std::time::Instant::now();
                 let result = f().map_err(Into::into);
@@ -44,10 +50,32 @@ fn main() -> ExitCode {
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
 
-/// Boots the VM once and runs this same binary, with the same arguments, inside it.
+/// Boots the VM and runs this same binary, with the same arguments, inside it. Without a test
+/// filter the tests go in three boots (group 0, then the KMS tests two by two: each runs a KMS
+/// compositor that holds the display, so they can't overlap), keeping each boot under 10 s.
+/// With a filter, one boot runs whatever matches.
 fn run_in_vm(args: &[String]) -> ExitCode {
+    let Some((exe, rest)) = args.split_first() else { return ExitCode::FAILURE };
+    let filtered = rest.iter().any(|a| !a.starts_with('-'));
+    let groups: Vec<Option<usize>> = if filtered { vec![None] } else { vec![Some(0), Some(1), Some(2)] };
+    for group in groups {
+        let code = boot(exe, rest, group);
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn boot(exe: &str, args: &[String], group: Option<usize>) -> ExitCode {
     let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/vm.sh");
-    let status = Command::new("bash").arg(launcher).arg("run").arg("--").args(args).status();
+    let mut cmd = Command::new("bash");
+    cmd.arg(launcher).arg("run").arg("--").arg(exe).args(args);
+    match group {
+        Some(g) => cmd.env("COHERE_VM_GROUP", g.to_string()),
+        None => cmd.env_remove("COHERE_VM_GROUP"),
+    };
+    let status = cmd.status();
     match status {
         Ok(s) => match s.code() {
             Some(0) => ExitCode::SUCCESS,

@@ -15,6 +15,13 @@ use smithay::reexports::drm::buffer::DrmFourcc;
 
 pub type TestFn = fn() -> Result<(), String>;
 
+/// Tests that drive vkms's display (modesets, CRC, a KMS compositor) take this lock: one DRM
+/// master at a time. Everything else runs in parallel.
+pub fn vkms_display() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn all() -> Vec<(&'static str, TestFn)> {
     vec![
         ("dmabuf_sources_report_their_exporter_in_fdinfo", dmabuf_sources_report_their_exporter_in_fdinfo),
@@ -103,7 +110,7 @@ fn sw_sync_fences_signal_on_increment_only() -> Result<(), String> {
 
 /// XRGB8888 test image: four quadrants of known colours with a 1-pixel diagonal line, so a
 /// stride, offset or channel error changes both the CRC and the written-back pixels.
-fn test_image(w: u32, h: u32) -> Vec<u32> {
+pub fn test_image(w: u32, h: u32) -> Vec<u32> {
     (0..w * h)
         .map(|i| {
             let (x, y) = (i % w, i / w);
@@ -122,6 +129,7 @@ fn test_image(w: u32, h: u32) -> Vec<u32> {
 }
 
 fn vkms_scans_out_udmabuf_with_expected_crc_and_writeback() -> Result<(), String> {
+    let _display = vkms_display();
     let card = Card::open_driver("vkms").check("vkms")?;
     let kms = Vkms::new(&card).check("vkms pipeline")?;
     let (w, h) = kms.size();
@@ -264,9 +272,14 @@ fn cohere_inspect_reports_the_real_devices() -> Result<(), String> {
 }
 
 /// The client half: runs as cohere's launched app. Shows a udmabuf-backed wl_buffer fullscreen
-/// and reports on stderr once it has been presented; then waits to be terminated.
-pub fn udmabuf_client(_args: &[String]) -> ExitCode {
-    match run_udmabuf_client() {
+/// (`test_image` at the configured size, or `W H` given as arguments) and reports on stderr
+/// once it has been presented; then waits to be terminated.
+pub fn udmabuf_client(args: &[String]) -> ExitCode {
+    let size = match args {
+        [w, h, ..] => (w.parse().unwrap_or(CLIENT_SIZE.0), h.parse().unwrap_or(CLIENT_SIZE.1)),
+        _ => CLIENT_SIZE,
+    };
+    match run_udmabuf_client(size) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("udmabuf client: {e}");
@@ -275,7 +288,7 @@ pub fn udmabuf_client(_args: &[String]) -> ExitCode {
     }
 }
 
-fn run_udmabuf_client() -> Result<(), String> {
+fn run_udmabuf_client(size: (i32, i32)) -> Result<(), String> {
     let dir = std::env::var("XDG_RUNTIME_DIR").check("XDG_RUNTIME_DIR")?;
     let name = std::env::var("WAYLAND_DISPLAY").check("WAYLAND_DISPLAY")?;
     let stream = UnixStream::connect(PathBuf::from(dir).join(name)).check("connect")?;
@@ -285,15 +298,15 @@ fn run_udmabuf_client() -> Result<(), String> {
     let window = client.create_window("udmabuf");
     client.blocking_roundtrip().check("configure")?;
     let configure = client.ack_last_configure(&window);
-    ensure_eq!((configure.width, configure.height), CLIENT_SIZE, "kiosk configure");
-    let (w, h) = (CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
+    ensure_eq!((configure.width, configure.height), size, "kiosk configure");
+    let (w, h) = (size.0 as u32, size.1 as u32);
     let bytes: Vec<u8> = test_image(w, h).iter().flat_map(|p| p.to_le_bytes()).collect();
     let buffer = udmabuf(bytes.len()).check("udmabuf")?;
     buffer.write(&bytes).check("fill")?;
     let fourcc = DrmFourcc::Xrgb8888 as u32;
-    let wl_buffer = client.dmabuf_buffer(buffer.as_fd(), (CLIENT_SIZE.0, CLIENT_SIZE.1, w * 4), fourcc, 0, 1);
+    let wl_buffer = client.dmabuf_buffer(buffer.as_fd(), (size.0, size.1, w * 4), fourcc, 0, 1);
     window.surface.attach(Some(&wl_buffer), 0, 0);
-    window.surface.damage_buffer(0, 0, CLIENT_SIZE.0, CLIENT_SIZE.1);
+    window.surface.damage_buffer(0, 0, size.0, size.1);
     client.presentation_feedback(&window.surface, 1);
     window.surface.commit();
     loop {

@@ -147,7 +147,7 @@ run() {
   {
     echo "cd $(printf '%q' "$PWD")"
     echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp"
-    echo "export XDG_RUNTIME_DIR=/run/user0 COHERE_IN_VM=1 RUST_BACKTRACE=1 ${RUST_LOG:+RUST_LOG=$RUST_LOG} ${COHERE_TEST_TIMES:+COHERE_TEST_TIMES=1}"
+    echo "export XDG_RUNTIME_DIR=/run/user0 COHERE_IN_VM=1 RUST_BACKTRACE=1 ${RUST_LOG:+RUST_LOG=$RUST_LOG} ${COHERE_TEST_TIMES:+COHERE_TEST_TIMES=1} ${COHERE_VM_GROUP:+COHERE_VM_GROUP=$COHERE_VM_GROUP}"
     echo "mkdir -p -m 700 /run/user0"
     printf 'exec'; printf ' %q' "$@"; echo
   } >"$results/cmd.sh"

@@ -1,0 +1,211 @@
+//! One DRM device: its `DrmDevice`, GBM device and a `DrmCompositor` per connected connector.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use smithay::backend::allocator::dumb::DumbAllocator;
+use smithay::backend::allocator::gbm::GbmDevice;
+use smithay::backend::allocator::Fourcc;
+use smithay::backend::drm::compositor::{DrmCompositor, FrameFlags};
+use smithay::backend::drm::{DrmDevice, DrmDeviceFd, DrmEvent, DrmNode};
+use smithay::backend::renderer::element::{RenderElementPresentationState, RenderElementStates};
+use smithay::backend::renderer::pixman::PixmanRenderer;
+use smithay::backend::renderer::ImportDma;
+use smithay::backend::session::libseat::LibSeatSession;
+use smithay::backend::session::Session;
+use smithay::output::Output;
+use smithay::reexports::calloop::{LoopHandle, RegistrationToken};
+use smithay::reexports::drm::control::{connector, crtc, Device as _, ModeTypeFlags};
+use smithay::reexports::drm::Device as _;
+use smithay::reexports::rustix::fs::OFlags;
+use smithay::utils::DeviceFd;
+
+use super::Drm;
+use crate::core::{Core, OutputConfig};
+use crate::path::direct::PlanExporter;
+use crate::render::OutputElement;
+use crate::State;
+
+type Compositor = DrmCompositor<DumbAllocator, PlanExporter, (), DrmDeviceFd>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("opening {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("{0}")]
+    Drm(String),
+}
+
+struct Surface {
+    output: Output,
+    compositor: Compositor,
+    /// States of the frame waiting for its page flip.
+    pending: Option<RenderElementStates>,
+}
+
+/// What one render call did.
+pub(crate) enum Rendered {
+    Queued { states: RenderElementStates, zero_copy: u64, composited: u64 },
+    Empty { states: RenderElementStates },
+}
+
+/// A DRM device cohere drives.
+pub struct Device {
+    pub card: String,
+    pub path: std::path::PathBuf,
+    pub driver: String,
+    pub node: DrmNode,
+    drm: DrmDevice,
+    surfaces: HashMap<crtc::Handle, Surface>,
+    token: RegistrationToken,
+}
+
+impl Device {
+    /// Opens `path` through the session and creates an output for each connected connector.
+    pub(crate) fn open(
+        session: &mut LibSeatSession,
+        renderer: &PixmanRenderer,
+        handle: &LoopHandle<'static, State<Drm>>,
+        core: &mut Core<Drm>,
+        path: &Path,
+    ) -> Result<Device, DeviceError> {
+        let open_err = |reason: String| DeviceError::Open { path: path.display().to_string(), reason };
+        let fd = session
+            .open(path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK)
+            .map_err(|e| open_err(e.to_string()))?;
+        let fd = DrmDeviceFd::new(DeviceFd::from(fd));
+        let node = DrmNode::from_file(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| open_err(e.to_string()))?;
+        let (mut drm, notifier) = DrmDevice::new(fd.clone(), true).map_err(|e| open_err(e.to_string()))?;
+        let gbm = GbmDevice::new(fd.clone()).map_err(|e| open_err(format!("GBM: {e}")))?;
+        let driver = drm.get_driver().map(|d| d.name().to_string_lossy().into_owned()).unwrap_or_default();
+        let card = path.file_name().and_then(|n| n.to_str()).unwrap_or("card?").to_owned();
+        let token = handle
+            .insert_source(notifier, move |event, _, state| match event {
+                DrmEvent::VBlank(crtc) => super::vblank(state, node, crtc),
+                DrmEvent::Error(err) => tracing::warn!(%err, "DRM device error"),
+            })
+            .map_err(|e| DeviceError::Drm(e.to_string()))?;
+
+        let res = drm.resource_handles().map_err(|e| DeviceError::Drm(e.to_string()))?;
+        let mut used = Vec::new();
+        let mut surfaces = HashMap::new();
+        let renderer_formats: Vec<_> = renderer.dmabuf_formats().into_iter().collect();
+        for conn in res.connectors() {
+            let Ok(info) = drm.get_connector(*conn, false) else { continue };
+            if info.state() != connector::State::Connected {
+                continue;
+            }
+            let Some(mode) = info.modes().iter().find(|m| m.mode_type().contains(ModeTypeFlags::PREFERRED)).or(info.modes().first()).copied()
+            else {
+                continue;
+            };
+            let crtc = info
+                .encoders()
+                .iter()
+                .filter_map(|e| drm.get_encoder(*e).ok())
+                .flat_map(|e| res.filter_crtcs(e.possible_crtcs()))
+                .find(|c| !used.contains(c));
+            let Some(crtc) = crtc else { continue };
+            used.push(crtc);
+            let name = format!("{}-{}", info.interface().as_str(), info.interface_id());
+            let (w, h) = mode.size();
+            let config = OutputConfig { size: (i32::from(w), i32::from(h)), refresh_mhz: mode.vrefresh() * 1000 };
+            let output = core.add_output(&name, config, &driver);
+            let surface = drm.create_surface(crtc, mode, &[*conn]).map_err(|e| DeviceError::Drm(e.to_string()))?;
+            // Dumb buffers for the swapchain: LINEAR on every KMS device, and Pixman draws into
+            // them (GBM on kms_swrast reports an implicit modifier Pixman won't bind). Client
+            // buffers reach a plane only if the plan marked them for this node (path::direct).
+            let allocator = DumbAllocator::new(fd.clone());
+            let exporter = PlanExporter::new(gbm.clone(), node);
+            let cursor = drm.cursor_size();
+            let compositor = DrmCompositor::new(
+                smithay::output::OutputModeSource::Auto(output.clone()),
+                surface,
+                None,
+                allocator,
+                exporter,
+                [Fourcc::Xrgb8888, Fourcc::Argb8888],
+                renderer_formats.clone(),
+                cursor,
+                None::<GbmDevice<DrmDeviceFd>>,
+            )
+            .map_err(|e| DeviceError::Drm(format!("{name}: {e:?}")))?;
+            tracing::info!(card, driver, output = name, w, h, "KMS output");
+            surfaces.insert(crtc, Surface { output, compositor, pending: None });
+        }
+        Ok(Device { card, path: path.to_owned(), driver, node, drm, surfaces, token })
+    }
+
+    pub fn outputs(&self) -> impl Iterator<Item = &Output> {
+        self.surfaces.values().map(|s| &s.output)
+    }
+
+    pub(crate) fn crtc_of(&self, output: &Output) -> Option<crtc::Handle> {
+        self.surfaces.iter().find(|(_, s)| &s.output == output).map(|(c, _)| *c)
+    }
+
+    pub(crate) fn render(
+        &mut self,
+        crtc: crtc::Handle,
+        renderer: &mut PixmanRenderer,
+        elements: &[OutputElement<PixmanRenderer>],
+        clear: [f32; 4],
+    ) -> Result<Rendered, String> {
+        let surface = self.surfaces.get_mut(&crtc).ok_or("unknown CRTC")?;
+        let result = surface
+            .compositor
+            .render_frame(renderer, elements, clear, FrameFlags::DEFAULT)
+            .map_err(|e| format!("{e:?}"))?;
+        let states = result.states.clone();
+        if result.is_empty {
+            return Ok(Rendered::Empty { states });
+        }
+        let count = |want: fn(&RenderElementPresentationState) -> bool| states.states.values().filter(|s| want(&s.presentation_state)).count() as u64;
+        let zero_copy = count(|p| matches!(p, RenderElementPresentationState::ZeroCopy));
+        let composited = count(|p| matches!(p, RenderElementPresentationState::Rendering { .. }));
+        surface.compositor.queue_frame(()).map_err(|e| format!("{e:?}"))?;
+        Ok(Rendered::Queued { states, zero_copy, composited })
+    }
+
+    pub(crate) fn set_pending_states(&mut self, crtc: crtc::Handle, states: RenderElementStates) {
+        if let Some(s) = self.surfaces.get_mut(&crtc) {
+            s.pending = Some(states);
+        }
+    }
+
+    /// The flip for `crtc` completed: returns the output and the states of the frame shown.
+    pub(crate) fn frame_submitted(&mut self, crtc: crtc::Handle) -> Option<(Output, RenderElementStates)> {
+        let surface = self.surfaces.get_mut(&crtc)?;
+        if let Err(err) = surface.compositor.frame_submitted() {
+            tracing::warn!(?err, "frame_submitted");
+        }
+        Some((surface.output.clone(), surface.pending.take().unwrap_or_default()))
+    }
+
+    /// The session was paused (VT switch): stop touching the device.
+    pub(crate) fn pause(&mut self) {
+        self.drm.pause();
+    }
+
+    /// The session is back: take the device again and forget what KMS state we assumed.
+    pub(crate) fn activate(&mut self) {
+        if let Err(err) = self.drm.activate(false) {
+            tracing::warn!(%err, card = self.card, "reactivating the device");
+        }
+        for s in self.surfaces.values_mut() {
+            if let Err(err) = s.compositor.reset_state() {
+                tracing::warn!(%err, "resetting KMS state");
+            }
+            s.pending = None;
+        }
+    }
+
+    /// Removes the device's outputs from the core and its event source from the loop.
+    pub(crate) fn teardown(self, core: &mut Core<Drm>, handle: &LoopHandle<'static, State<Drm>>) {
+        for s in self.surfaces.values() {
+            core.remove_output(&s.output);
+        }
+        handle.remove(self.token);
+        drop(self.drm);
+    }
+}

@@ -1,0 +1,187 @@
+//! KMS backend: a libseat session, udev for devices and hotplug, one `DrmCompositor` per
+//! connected connector on every DRM device with displays, GBM allocation and the Pixman
+//! renderer (composition happens on the CPU, as on the VM's vkms and virtio-gpu).
+//!
+//! Which client buffers may go on a plane is the coherency plan's decision: the direct-scanout
+//! executor ([`crate::path::direct`]) marks a buffer with the device it may be scanned out on,
+//! and only then does the framebuffer exporter accept it. Everything else is composited.
+
+mod device;
+mod start;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use smithay::backend::allocator::dmabuf::Dmabuf;
+use smithay::backend::drm::DrmNode;
+use smithay::backend::renderer::element::RenderElementStates;
+use smithay::backend::renderer::pixman::PixmanRenderer;
+use smithay::backend::renderer::ImportDma;
+use smithay::backend::session::libseat::LibSeatSession;
+use smithay::backend::session::Session;
+use smithay::output::Output;
+use smithay::reexports::calloop::LoopHandle;
+use smithay::reexports::wayland_server::DisplayHandle;
+
+use crate::backend::{Backend, OutputCounters};
+use crate::coherency::{CoherencyState, ProbeOptions, Quirks, RendererChoice};
+use crate::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
+use crate::State;
+
+pub use device::{Device, DeviceError};
+
+/// Why the KMS backend can't run here.
+#[derive(Debug, thiserror::Error)]
+pub enum DrmBackendError {
+    #[error("no seat: {0}")]
+    Session(String),
+    #[error("udev: {0}")]
+    Udev(String),
+    #[error("no DRM device with a connected display")]
+    NoDisplay,
+    #[error("pixman renderer: {0}")]
+    Renderer(String),
+    #[error("linux-dmabuf: {0}")]
+    Import(String),
+}
+
+/// The KMS backend.
+pub struct Drm {
+    pub session: LibSeatSession,
+    pub renderer: PixmanRenderer,
+    pub devices: HashMap<DrmNode, Device>,
+    import: ImportState,
+    pub coherency: CoherencyState,
+    pub(crate) handle: LoopHandle<'static, State<Drm>>,
+    pub counters: HashMap<String, OutputCounters>,
+    /// `--drm-device`: the only device node to drive.
+    pub(crate) only_device: Option<std::path::PathBuf>,
+}
+
+impl Drm {
+    pub(crate) fn new(
+        session: LibSeatSession,
+        handle: LoopHandle<'static, State<Drm>>,
+        display: &DisplayHandle,
+        main_device: Option<u64>,
+        quirks: Quirks,
+    ) -> Result<Self, DrmBackendError> {
+        let renderer = PixmanRenderer::new().map_err(|e| DrmBackendError::Renderer(e.to_string()))?;
+        let formats: Vec<_> = renderer.dmabuf_formats().into_iter().collect();
+        let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device })
+            .map_err(|e| DrmBackendError::Import(e.to_string()))?;
+        let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu("pixman".into())));
+        Ok(Self { session, renderer, devices: HashMap::new(), import, coherency, handle, counters: HashMap::new(), only_device: None })
+    }
+
+    pub fn import_state(&self) -> &ImportState {
+        &self.import
+    }
+
+    /// The output a surface belongs to, with its device and CRTC.
+    fn find_output(&self, output: &Output) -> Option<(DrmNode, smithay::reexports::drm::control::crtc::Handle)> {
+        self.devices.iter().find_map(|(node, d)| d.crtc_of(output).map(|crtc| (*node, crtc)))
+    }
+}
+
+impl Backend for Drm {
+    fn coherency(&self) -> &CoherencyState {
+        &self.coherency
+    }
+
+    fn output_counters(&self) -> Vec<(String, OutputCounters)> {
+        let mut v: Vec<_> = self.counters.iter().map(|(k, c)| (k.clone(), *c)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn schedule_redraw(&mut self) {
+        // Outputs redraw on every vblank (or refresh tick when idle); damage tracking keeps
+        // idle frames free.
+    }
+}
+
+impl ImportHandler for State<Drm> {
+    fn import_state(&mut self) -> &mut ImportState {
+        &mut self.backend.import
+    }
+
+    fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected> {
+        let plan = self.backend.coherency.plan_import(dmabuf).map_err(ImportRejected)?.clone();
+        let nodes: Vec<(String, DrmNode)> = self.backend.devices.iter().map(|(n, d)| (d.card.clone(), *n)).collect();
+        crate::path::direct::mark_for_scanout(dmabuf, &plan, &nodes);
+        self.backend
+            .renderer
+            .import_dmabuf(dmabuf, None)
+            .map(|_| ())
+            .map_err(|e| ImportRejected(format!("renderer cannot import it: {e}")))
+    }
+}
+
+crate::delegate_import!(State<Drm>);
+
+/// Renders and queues one frame on `output`, or, when nothing changed, completes the frame at
+/// once and tries again after one refresh.
+pub(crate) fn render_output(state: &mut State<Drm>, output: &Output) {
+    let Some((node, crtc)) = state.backend.find_output(output) else { return };
+    let elements = {
+        let renderer = &mut state.backend.renderer;
+        crate::render::output_elements(renderer, &state.core, output)
+    };
+    let clear = crate::render::clear_color(state.core.shell.mode);
+    let Some(device) = state.backend.devices.get_mut(&node) else { return };
+    let outcome = device.render(crtc, &mut state.backend.renderer, &elements, clear);
+    match outcome {
+        Ok(device::Rendered::Queued { states, zero_copy, composited }) => {
+            let c = state.backend.counters.entry(output.name()).or_default();
+            c.frames += 1;
+            c.zero_copy_elements += zero_copy;
+            c.composited_elements += composited;
+            if let Some(dev) = state.backend.devices.get_mut(&node) {
+                dev.set_pending_states(crtc, states);
+            }
+        }
+        Ok(device::Rendered::Empty { states }) => {
+            // Nothing to show: answer frame callbacks now and look again in one refresh.
+            let refresh = refresh_of(output);
+            let now = state.core.clock.now();
+            finish(state, output, &states, now, refresh);
+            let output = output.clone();
+            let timer = smithay::reexports::calloop::timer::Timer::from_duration(refresh);
+            let _ = state.backend.handle.insert_source(timer, move |_, _, state| {
+                render_output(state, &output);
+                smithay::reexports::calloop::timer::TimeoutAction::Drop
+            });
+        }
+        Err(err) => tracing::warn!(%err, output = output.name(), "frame not rendered"),
+    }
+}
+
+fn refresh_of(output: &Output) -> Duration {
+    let mhz = output.current_mode().map(|m| m.refresh).unwrap_or(60_000).max(1) as u64;
+    Duration::from_nanos(1_000_000_000_000 / mhz)
+}
+
+fn finish(state: &mut State<Drm>, output: &Output, states: &RenderElementStates, at: smithay::utils::Time<smithay::utils::Monotonic>, refresh: Duration) {
+    state.core.counters.frames += 1;
+    let seq = state.core.counters.frames;
+    crate::render::finish_frame(&mut state.core, output, states, at, refresh, seq);
+    if state.core.primary_output() == Some(output) {
+        // Screenshots are refused at start-up on KMS, so only the exit condition applies.
+        let _ = state.core.control.primary_frame();
+    }
+}
+
+/// A page flip completed on `crtc` of `node`: the frame is on screen.
+pub(crate) fn vblank(state: &mut State<Drm>, node: DrmNode, crtc: smithay::reexports::drm::control::crtc::Handle) {
+    let Some(device) = state.backend.devices.get_mut(&node) else { return };
+    let Some((output, states)) = device.frame_submitted(crtc) else { return };
+    let now = state.core.clock.now();
+    finish(state, &output, &states, now, refresh_of(&output));
+    render_output(state, &output);
+}
+
+/// Whether a session and a display are available (for choosing KMS over headless).
+pub fn session_available() -> bool {
+    LibSeatSession::new().map(|(s, _)| s.is_active()).unwrap_or(false)
+}

@@ -1,0 +1,114 @@
+//! Starting the KMS backend: session, devices, hotplug and session pause/resume.
+
+use smithay::backend::session::libseat::LibSeatSession;
+use smithay::backend::session::{Event as SessionEvent, Session};
+use smithay::backend::udev::{UdevBackend, UdevEvent};
+use smithay::reexports::calloop::EventLoop;
+use smithay::reexports::wayland_server::Display;
+
+use super::{render_output, Device, Drm, DrmBackendError};
+use crate::compositor::{Compositor, Options, StartError};
+use crate::core::Core;
+use crate::State;
+
+impl Compositor<Drm> {
+    /// Starts cohere on KMS: needs a seat (libseat: seatd, logind or its builtin backend as
+    /// root) and at least one connected display.
+    pub fn new_drm(options: Options) -> Result<Self, StartError> {
+        if options.screenshot.is_some() {
+            return Err(StartError::Unsupported("--screenshot needs --headless for now".into()));
+        }
+        let event_loop: EventLoop<'static, State<Drm>> = EventLoop::try_new().map_err(|e| StartError::EventLoop(e.to_string()))?;
+        let display: Display<State<Drm>> = Display::new().map_err(|e| StartError::Display(e.to_string()))?;
+        let dh = display.handle();
+        let (session, notifier) = LibSeatSession::new().map_err(|e| DrmBackendError::Session(e.to_string()))?;
+        let seat = session.seat();
+        let quirks = options.coherency.load()?;
+        let backend = Drm::new(session, event_loop.handle(), &dh, options.dmabuf_main_device, quirks)?;
+        let core = Core::new(dh, options.shell);
+        let mut state = State { backend, core };
+        state.core.control.configure(None, options.exit_after_frames);
+
+        let udev = UdevBackend::new(&seat).map_err(|e| DrmBackendError::Udev(e.to_string()))?;
+        let only = options.drm_device.as_ref().map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()));
+        state.backend.only_device = only.clone();
+        for (_, path) in udev.device_list() {
+            add_device(&mut state, path);
+        }
+        if state.core.primary_output().is_none() {
+            return Err(DrmBackendError::NoDisplay.into());
+        }
+        let handle = event_loop.handle();
+        handle
+            .insert_source(udev, |event, _, state| match event {
+                UdevEvent::Added { path, .. } => add_device(state, &path),
+                UdevEvent::Changed { device_id } => {
+                    // A connector came or went: rebuild that device's outputs.
+                    if let Some(path) = remove_device(state, device_id) {
+                        add_device(state, &path);
+                    }
+                }
+                UdevEvent::Removed { device_id } => {
+                    remove_device(state, device_id);
+                }
+            })
+            .map_err(|e| StartError::EventLoop(e.to_string()))?;
+        handle
+            .insert_source(notifier, |event, _, state| match event {
+                SessionEvent::PauseSession => {
+                    tracing::info!("session paused");
+                    for d in state.backend.devices.values_mut() {
+                        d.pause();
+                    }
+                }
+                SessionEvent::ActivateSession => {
+                    tracing::info!("session active again");
+                    for d in state.backend.devices.values_mut() {
+                        d.activate();
+                    }
+                    redraw_all(state);
+                }
+            })
+            .map_err(|e| StartError::EventLoop(e.to_string()))?;
+        let mut compositor = Compositor::assemble(event_loop, display, state, &options.socket)?;
+        redraw_all(&mut compositor.state);
+        Ok(compositor)
+    }
+}
+
+fn redraw_all(state: &mut State<Drm>) {
+    let outputs: Vec<_> = state.core.outputs().cloned().collect();
+    for output in outputs {
+        render_output(state, &output);
+    }
+}
+
+fn add_device(state: &mut State<Drm>, path: &std::path::Path) {
+    if state.backend.only_device.as_ref().is_some_and(|only| only.as_path() != path) {
+        tracing::debug!(path = %path.display(), "not the --drm-device; skipped");
+        return;
+    }
+    let handle = state.backend.handle.clone();
+    match Device::open(&mut state.backend.session, &state.backend.renderer, &handle, &mut state.core, path) {
+        Ok(device) => {
+            tracing::info!(card = device.card, driver = device.driver, outputs = device.outputs().count(), "DRM device added");
+            let outputs: Vec<_> = device.outputs().cloned().collect();
+            state.backend.devices.insert(device.node, device);
+            for output in outputs {
+                render_output(state, &output);
+            }
+        }
+        Err(err) => tracing::warn!(%err, "DRM device not used"),
+    }
+}
+
+/// Removes the device with `device_id`; returns its path so a change can re-add it.
+fn remove_device(state: &mut State<Drm>, device_id: u64) -> Option<std::path::PathBuf> {
+    let node = *state.backend.devices.keys().find(|n| n.dev_id() == device_id)?;
+    let device = state.backend.devices.remove(&node)?;
+    let path = device.path.clone();
+    tracing::info!(card = device.card, "DRM device removed or changed");
+    let handle = state.backend.handle.clone();
+    device.teardown(&mut state.core, &handle);
+    Some(path)
+}

@@ -1,0 +1,212 @@
+//! cohere on KMS in the VM: vkms (atomic, accepts foreign dma-bufs) and virtio-gpu (refuses
+//! them). Pixels are checked through vkms CRC and by reading back the primary plane.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cohere::testkit::vkms::{vkms_crc_xrgb8888, Vkms};
+use cohere::testkit::Card;
+
+use crate::tests::{test_image, Check, TestFn, CLIENT_MODE};
+
+pub fn all() -> Vec<(&'static str, TestFn)> {
+    vec![
+        ("kms_vkms_udmabuf_goes_direct_to_a_plane", kms_vkms_udmabuf_goes_direct_to_a_plane),
+        ("kms_override_composites_instead_with_exact_pixels", kms_override_composites_instead_with_exact_pixels),
+        ("kms_virtio_gpu_composites_the_foreign_buffer", kms_virtio_gpu_composites_the_foreign_buffer),
+        ("kms_kiosk_weston_simple_shm_and_exit_status", kms_kiosk_weston_simple_shm_and_exit_status),
+    ]
+}
+
+/// A running `cohere` on KMS and its stderr lines as they arrive.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str], app: &[&str]) -> Result<Running, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cohere"))
+            .args(["--kiosk"])
+            .args(args)
+            .arg("--")
+            .args(app)
+            .env("RUST_LOG", "warn,cohere=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .check("starting cohere")?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Running { child, lines, log: Vec::new() })
+    }
+
+    /// Waits for a log line containing `needle` (10 s at most).
+    fn wait_for(&mut self, needle: &str) -> Result<String, String> {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => return Err(format!("no {needle:?} in cohere's log:\n{}", self.log.join("\n"))),
+            }
+        }
+    }
+
+    /// Waits for cohere to exit and returns (status, whole log).
+    fn finish(mut self) -> Result<(Option<i32>, String), String> {
+        let status = self.child.wait().check("waiting for cohere")?;
+        self.log.extend(self.lines.try_iter());
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.log.push(line);
+        }
+        Ok((status.code(), self.log.join("\n")))
+    }
+}
+
+fn me() -> Result<String, String> {
+    Ok(std::env::current_exe().check("current exe")?.display().to_string())
+}
+
+/// The `output counters` line for `output` from the exit log: (zero_copy, composited).
+fn counters(log: &str, output: &str) -> Result<(u64, u64), String> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("output counters") && l.contains(&format!("output=\"{output}\"")))
+        .ok_or(format!("no counters for {output}:\n{log}"))?;
+    let field = |name: &str| -> Option<u64> { line.split(&format!("{name}=")).nth(1)?.split_whitespace().next()?.parse().ok() };
+    Ok((field("zero_copy").ok_or("zero_copy")?, field("composited").ok_or("composited")?))
+}
+
+/// vkms's CRC of what it shows must be the CRC of the client's image.
+fn check_vkms_crc(size: (u32, u32)) -> Result<(), String> {
+    let card = Card::open_driver("vkms").check("vkms")?;
+    let kms = Vkms::new(&card).check("vkms")?;
+    let expected = vkms_crc_xrgb8888(&test_image(size.0, size.1));
+    let crcs = kms.crcs(3).check("crc")?;
+    if crcs.iter().all(|c| *c == expected) {
+        Ok(())
+    } else {
+        Err(format!("vkms CRCs {crcs:x?}, expected {expected:#x} (the client's image)"))
+    }
+}
+
+fn kms_vkms_udmabuf_goes_direct_to_a_plane() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    let me = me()?;
+    let mut run = Running::start(&["--drm-device", &vkms_node()?, "--exit-after-frames", "90"], &[&me, CLIENT_MODE, "1024", "768"])?;
+    run.wait_for("udmabuf buffer presented")?;
+    check_vkms_crc((1024, 768))?;
+    let (status, log) = run.finish()?;
+    if status != Some(0) {
+        return Err(format!("cohere exit {status:?}:\n{log}"));
+    }
+    if !log.contains("(vkms): Direct,") {
+        return Err(format!("plan not Direct for vkms:\n{log}"));
+    }
+    let (zero_copy, composited) = counters(&log, "Virtual-1")?;
+    if zero_copy == 0 || composited != 0 {
+        return Err(format!("expected zero-copy only, got zero_copy={zero_copy} composited={composited}"));
+    }
+    Ok(())
+}
+
+fn kms_override_composites_instead_with_exact_pixels() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    let config = "/tmp/cohere-kms-override.toml";
+    std::fs::write(config, "[driver.vkms]\nscanout_snoops = false\n").check("config")?;
+    let me = me()?;
+    let mut run = Running::start(
+        &["--drm-device", &vkms_node()?, "--config", config, "--exit-after-frames", "90"],
+        &[&me, CLIENT_MODE, "1024", "768"],
+    )?;
+    run.wait_for("udmabuf buffer presented")?;
+    check_vkms_crc((1024, 768))?;
+    let (status, log) = run.finish()?;
+    if status != Some(0) || !log.contains("(vkms): DirectWithMaintenance") {
+        return Err(format!("cohere exit {status:?} or plan unchanged:\n{log}"));
+    }
+    let (zero_copy, composited) = counters(&log, "Virtual-1")?;
+    if zero_copy != 0 || composited == 0 {
+        return Err(format!("expected composition only, got zero_copy={zero_copy} composited={composited}"));
+    }
+    Ok(())
+}
+
+fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    // Only look the node up: an open card node of ours would be DRM master and lock cohere out.
+    let node = Card::open_driver("virtio_gpu").check("virtio-gpu")?.path.display().to_string();
+    let me = me()?;
+    let mut run = Running::start(&["--drm-device", &node, "--exit-after-frames", "50"], &[&me, CLIENT_MODE, "1280", "800"])?;
+    run.wait_for("udmabuf buffer presented")?;
+    // Give the flip a frame to land, then read what the primary plane scans out.
+    std::thread::sleep(Duration::from_millis(50));
+    let card = Card::open_driver("virtio_gpu").check("virtio-gpu")?;
+    let (w, h, pixels) = card.read_primary_plane().check("virtio-gpu readback")?;
+    let (status, log) = run.finish()?;
+    if (w, h) != (1280, 800) {
+        return Err(format!("virtio-gpu mode {w}x{h}"));
+    }
+    let wrong = pixels.iter().zip(test_image(w, h)).filter(|(a, b)| **a != *b).count();
+    if wrong != 0 {
+        return Err(format!("{wrong} of {} pixels on virtio-gpu differ from the client's image", w * h));
+    }
+    if status != Some(0) || !log.contains("(virtio_gpu): Composite") {
+        return Err(format!("cohere exit {status:?} or plan not Composite:\n{log}"));
+    }
+    let (zero_copy, composited) = counters(&log, "Virtual-2")?;
+    if zero_copy != 0 || composited == 0 {
+        return Err(format!("expected composition, got zero_copy={zero_copy} composited={composited}"));
+    }
+    Ok(())
+}
+
+fn kms_kiosk_weston_simple_shm_and_exit_status() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    // The app is a shell that runs weston-simple-shm for a while and exits 5: cohere (kiosk)
+    // must show the client and then exit with 5.
+    let app = "weston-simple-shm & sleep 0.8; kill $!; exit 5";
+    let mut run = Running::start(&["--drm-device", &vkms_node()?], &["sh", "-c", app])?;
+    run.wait_for("launched app")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let card = Card::open_driver("vkms").check("vkms")?;
+    let (w, h, pixels) = card.read_primary_plane().check("vkms readback")?;
+    drop(card);
+    let (status, log) = run.finish()?;
+    // weston-simple-shm stays 250x250: centred on black in kiosk mode.
+    let (x0, y0) = ((w - 250) / 2, (h - 250) / 2);
+    let mut bbox = (u32::MAX, u32::MAX, 0, 0);
+    let mut colours = std::collections::HashSet::new();
+    for (i, p) in pixels.iter().enumerate() {
+        let (x, y) = (i as u32 % w, i as u32 / w);
+        if *p != 0 {
+            bbox = (bbox.0.min(x), bbox.1.min(y), bbox.2.max(x + 1), bbox.3.max(y + 1));
+            colours.insert(*p);
+        }
+    }
+    if bbox != (x0, y0, x0 + 250, y0 + 250) || colours.len() < 200 {
+        return Err(format!("weston-simple-shm on vkms: content box {bbox:?}, {} colours", colours.len()));
+    }
+    if status != Some(5) {
+        return Err(format!("kiosk exit {status:?}, expected the app's 5:\n{log}"));
+    }
+    Ok(())
+}
+
+fn vkms_node() -> Result<String, String> {
+    Ok(Card::open_driver("vkms").check("vkms")?.path.display().to_string())
+}

@@ -26,6 +26,8 @@ enum Sub {
     /// Print the DRM devices, their coherency facts with sources, and the plan for a buffer
     /// from each known exporter on each consumer.
     Inspect(InspectArgs),
+    /// Exit 0 if cohere can run on KMS here (a seat and a connected display), else say why.
+    CheckKms,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +150,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command_ {
         Some(Sub::Inspect(args)) => inspect(args),
+        Some(Sub::CheckKms) => check_kms(),
         None => run(cli.run),
     };
     match result {
@@ -195,6 +198,21 @@ fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
         out.write_all(report.text().as_bytes())?;
     }
     Ok(0)
+}
+
+fn check_kms() -> anyhow::Result<u8> {
+    let options = Options { socket: SocketChoice::None, ..Options::default() };
+    match Compositor::new_drm(options) {
+        Ok(c) => {
+            let outputs: Vec<String> = c.state.core.outputs().map(|o| o.name()).collect();
+            println!("KMS available: {}", outputs.join(", "));
+            Ok(0)
+        }
+        Err(err) => {
+            println!("KMS not available: {err}");
+            Ok(1)
+        }
+    }
 }
 
 fn run(cli: RunArgs) -> anyhow::Result<u8> {

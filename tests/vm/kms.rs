@@ -14,6 +14,7 @@ use crate::tests::{test_image, Check, TestFn, CLIENT_MODE};
 pub fn all() -> Vec<(&'static str, TestFn)> {
     vec![
         ("kms_vkms_udmabuf_goes_direct_to_a_plane", kms_vkms_udmabuf_goes_direct_to_a_plane),
+        ("kms_check_kms_lists_the_displays", kms_check_kms_lists_the_displays),
         ("kms_override_composites_instead_with_exact_pixels", kms_override_composites_instead_with_exact_pixels),
         ("kms_virtio_gpu_composites_the_foreign_buffer", kms_virtio_gpu_composites_the_foreign_buffer),
         ("kms_kiosk_weston_simple_shm_and_exit_status", kms_kiosk_weston_simple_shm_and_exit_status),
@@ -175,14 +176,19 @@ fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
     Ok(())
 }
 
-fn kms_kiosk_weston_simple_shm_and_exit_status() -> Result<(), String> {
+/// README command 1 asks this before choosing KMS over the headless demo.
+fn kms_check_kms_lists_the_displays() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
-    // README command 1 asks this before choosing KMS over the headless demo.
     let check = Command::new(env!("CARGO_BIN_EXE_cohere")).arg("check-kms").output().check("check-kms")?;
     let said = String::from_utf8_lossy(&check.stdout).into_owned();
     if check.status.code() != Some(0) || said.trim() != "KMS available: Virtual-1, Virtual-2" {
         return Err(format!("check-kms: {:?} {said}", check.status.code()));
     }
+    Ok(())
+}
+
+fn kms_kiosk_weston_simple_shm_and_exit_status() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
     // The app is a shell that runs weston-simple-shm for a while and exits 5: cohere (kiosk)
     // must show the client and then exit with 5.
     let app = "weston-simple-shm & sleep 0.8; kill $!; exit 5";

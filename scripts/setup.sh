@@ -8,7 +8,7 @@ set -euo pipefail
 COHERE_BUILD_PKGS=(pkg-config build-essential libudev-dev libseat-dev libinput-dev libgbm-dev
   libxkbcommon-dev libpixman-1-dev libwayland-dev)
 COHERE_RUN_PKGS=(libegl1 libegl-mesa0 libgl1-mesa-dri weston wayland-utils)
-COHERE_VM_PKGS=(qemu-system-x86 busybox-static cpio kmod xz-utils)
+COHERE_VM_PKGS=(qemu-system-x86 busybox-static cpio kmod xz-utils udev)
 
 say() { printf '\033[1mcohere setup:\033[0m %s\n' "$*"; }
 

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     // which hold the display and run one after another, split so each boot stays short.
     let group = std::env::var("COHERE_VM_GROUP").ok().and_then(|g| g.parse::<usize>().ok());
     let base = tests::all().into_iter().chain(dmabuf::all()).map(|t| (0, t));
-    let kms = kms::all().into_iter().enumerate().map(|(i, t)| (1 + i / KMS_PER_BOOT, t));
+    let kms = kms::all().into_iter().map(|(boot, name, f)| (boot, (name, f)));
     let trials = base
         .chain(kms)
         .filter(|(g, _)| group.map_or(true, |want| want == *g))
@@ -50,18 +50,15 @@ fn main() -> ExitCode {
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
 
-/// KMS tests hold the display one after another; this many share a boot.
-const KMS_PER_BOOT: usize = 2;
-
 /// Boots the VM and runs this same binary, with the same arguments, inside it. Without a test
-/// filter the tests go in several boots (group 0, then the KMS tests KMS_PER_BOOT at a time:
+/// filter the tests go in several boots (group 0, then the KMS tests in the boots kms::all() assigns:
 /// each runs a KMS compositor that holds the display, so they can't overlap), keeping each
 /// boot under 10 s.
 /// With a filter, one boot runs whatever matches.
 fn run_in_vm(args: &[String]) -> ExitCode {
     let Some((exe, rest)) = args.split_first() else { return ExitCode::FAILURE };
     let filtered = rest.iter().any(|a| !a.starts_with('-'));
-    let boots = 1 + kms::all().len().div_ceil(KMS_PER_BOOT);
+    let boots = 1 + kms::all().iter().map(|t| t.0).max().unwrap_or(0);
     let groups: Vec<Option<usize>> = if filtered { vec![None] } else { (0..boots).map(Some).collect() };
     for group in groups {
         let code = boot(exe, rest, group);

@@ -86,52 +86,14 @@ impl Device {
             })
             .map_err(|e| DeviceError::Drm(e.to_string()))?;
 
-        let res = drm.resource_handles().map_err(|e| DeviceError::Drm(e.to_string()))?;
-        let mut used = Vec::new();
         let mut surfaces = HashMap::new();
-        let renderer_formats: Vec<_> = renderer.dmabuf_formats().into_iter().collect();
-        for conn in res.connectors() {
-            let Ok(info) = drm.get_connector(*conn, false) else { continue };
-            if info.state() != connector::State::Connected {
-                continue;
+        // On failure part-way, take back the outputs already announced and the event source.
+        if let Err(err) = add_outputs(&mut drm, &gbm, node, &card, &driver, renderer, core, &mut surfaces) {
+            for s in surfaces.values() {
+                core.remove_output(&s.output);
             }
-            let Some(mode) = info.modes().iter().find(|m| m.mode_type().contains(ModeTypeFlags::PREFERRED)).or(info.modes().first()).copied()
-            else {
-                continue;
-            };
-            let crtc = info
-                .encoders()
-                .iter()
-                .filter_map(|e| drm.get_encoder(*e).ok())
-                .flat_map(|e| res.filter_crtcs(e.possible_crtcs()))
-                .find(|c| !used.contains(c));
-            let Some(crtc) = crtc else { continue };
-            used.push(crtc);
-            let name = format!("{}-{}", info.interface().as_str(), info.interface_id());
-            let (w, h) = mode.size();
-            let config = OutputConfig { size: (i32::from(w), i32::from(h)), refresh_mhz: mode.vrefresh() * 1000 };
-            let output = core.add_output(&name, config, &driver);
-            let surface = drm.create_surface(crtc, mode, &[*conn]).map_err(|e| DeviceError::Drm(e.to_string()))?;
-            // Dumb buffers for the swapchain: LINEAR on every KMS device, and Pixman draws into
-            // them (GBM on kms_swrast reports an implicit modifier Pixman won't bind). Client
-            // buffers reach a plane only if the plan marked them for this node (path::direct).
-            let allocator = DumbAllocator::new(fd.clone());
-            let exporter = PlanExporter::new(gbm.clone(), node);
-            let cursor = drm.cursor_size();
-            let compositor = DrmCompositor::new(
-                smithay::output::OutputModeSource::Auto(output.clone()),
-                surface,
-                None,
-                allocator,
-                exporter,
-                [Fourcc::Xrgb8888, Fourcc::Argb8888],
-                renderer_formats.clone(),
-                cursor,
-                None::<GbmDevice<DrmDeviceFd>>,
-            )
-            .map_err(|e| DeviceError::Drm(format!("{name}: {e:?}")))?;
-            tracing::info!(card, driver, output = name, w, h, "KMS output");
-            surfaces.insert(crtc, Surface { output, compositor, pending: None });
+            handle.remove(token);
+            return Err(err);
         }
         Ok(Device { card, path: path.to_owned(), driver, node, drm, surfaces, token })
     }
@@ -208,4 +170,77 @@ impl Device {
         handle.remove(self.token);
         drop(self.drm);
     }
+}
+
+/// Creates an output and a `DrmCompositor` for each connected connector of `drm`.
+#[allow(clippy::too_many_arguments)]
+fn add_outputs(
+    drm: &mut DrmDevice,
+    gbm: &GbmDevice<DrmDeviceFd>,
+    node: DrmNode,
+    card: &str,
+    driver: &str,
+    renderer: &PixmanRenderer,
+    core: &mut Core<Drm>,
+    surfaces: &mut HashMap<crtc::Handle, Surface>,
+) -> Result<(), DeviceError> {
+    let res = drm.resource_handles().map_err(|e| DeviceError::Drm(e.to_string()))?;
+    let mut used = Vec::new();
+    let renderer_formats: Vec<_> = renderer.dmabuf_formats().into_iter().collect();
+    for conn in res.connectors() {
+        let Ok(info) = drm.get_connector(*conn, false) else { continue };
+        if info.state() != connector::State::Connected {
+            continue;
+        }
+        let Some(mode) = info.modes().iter().find(|m| m.mode_type().contains(ModeTypeFlags::PREFERRED)).or(info.modes().first()).copied()
+        else {
+            continue;
+        };
+        let crtc = info
+            .encoders()
+            .iter()
+            .filter_map(|e| drm.get_encoder(*e).ok())
+            .flat_map(|e| res.filter_crtcs(e.possible_crtcs()))
+            .find(|c| !used.contains(c));
+        let Some(crtc) = crtc else { continue };
+        used.push(crtc);
+        let name = format!("{}-{}", info.interface().as_str(), info.interface_id());
+        let (w, h) = mode.size();
+        let config = OutputConfig { size: (i32::from(w), i32::from(h)), refresh_mhz: mode.vrefresh() * 1000 };
+        let output = core.add_output(&name, config, driver);
+        let surface = match drm.create_surface(crtc, mode, &[*conn]) {
+            Ok(surface) => surface,
+            Err(e) => {
+                core.remove_output(&output);
+                return Err(DeviceError::Drm(e.to_string()));
+            }
+        };
+        // Dumb buffers for the swapchain: LINEAR on every KMS device, and Pixman draws into
+        // them (GBM on kms_swrast reports an implicit modifier Pixman won't bind). Client
+        // buffers reach a plane only if the plan marked them for this node (path::direct).
+        let allocator = DumbAllocator::new(drm.device_fd().clone());
+        let exporter = PlanExporter::new(gbm.clone(), node);
+        let cursor = drm.cursor_size();
+        let compositor = DrmCompositor::new(
+            smithay::output::OutputModeSource::Auto(output.clone()),
+            surface,
+            None,
+            allocator,
+            exporter,
+            [Fourcc::Xrgb8888, Fourcc::Argb8888],
+            renderer_formats.clone(),
+            cursor,
+            None::<GbmDevice<DrmDeviceFd>>,
+        );
+        let compositor = match compositor {
+            Ok(compositor) => compositor,
+            Err(e) => {
+                core.remove_output(&output);
+                return Err(DeviceError::Drm(format!("{name}: {e:?}")));
+            }
+        };
+        tracing::info!(card, driver, output = name, w, h, "KMS output");
+        surfaces.insert(crtc, Surface { output, compositor, pending: None });
+    }
+    Ok(())
 }

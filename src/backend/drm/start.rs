@@ -32,7 +32,10 @@ impl Compositor<Drm> {
         let udev = UdevBackend::new(&seat).map_err(|e| DrmBackendError::Udev(e.to_string()))?;
         let only = options.drm_device.as_ref().map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()));
         state.backend.only_device = only.clone();
-        for (_, path) in udev.device_list() {
+        // Sorted, so the primary output (first added) doesn't depend on udev's order.
+        let mut paths: Vec<std::path::PathBuf> = udev.device_list().map(|(_, p)| p.to_owned()).collect();
+        paths.sort();
+        for path in &paths {
             add_device(&mut state, path);
         }
         if state.core.primary_output().is_none() {
@@ -84,6 +87,10 @@ fn redraw_all(state: &mut State<Drm>) {
 }
 
 fn add_device(state: &mut State<Drm>, path: &std::path::Path) {
+    // Render nodes come through udev too; only primary nodes (cardN) drive displays.
+    if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("card")) {
+        return;
+    }
     if state.backend.only_device.as_ref().is_some_and(|only| only.as_path() != path) {
         tracing::debug!(path = %path.display(), "not the --drm-device; skipped");
         return;

@@ -420,7 +420,7 @@ impl<B: Backend> Drop for Compositor<B> {
 }
 
 /// dev_t of the first /dev/dri/renderD* node, for linux-dmabuf feedback's main device.
-fn first_render_node() -> Option<u64> {
+pub(crate) fn first_render_node() -> Option<u64> {
     let mut nodes: Vec<_> = std::fs::read_dir("/dev/dri")
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -52,6 +52,7 @@ impl<B: Backend> CompositorHandler for State<B> {
         }
         crate::shell::ensure_initial_configure(self, surface);
         self.core.popups.commit(surface);
+        self.backend.surface_committed(surface);
         self.backend.schedule_redraw();
     }
 }

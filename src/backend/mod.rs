@@ -12,6 +12,10 @@ pub trait Backend: Sized + 'static {
     /// The coherency model as this backend holds it (facts, plans, counters).
     fn coherency(&self) -> &crate::coherency::CoherencyState;
 
+    /// A surface committed (maybe a new buffer, so a new plan): backends with displays update
+    /// the surface's dma-buf feedback here.
+    fn surface_committed(&mut self, _surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) {}
+
     /// Per-output counters, by output name (KMS outputs; headless has none to report).
     fn output_counters(&self) -> Vec<(String, OutputCounters)> {
         Vec::new()

@@ -94,10 +94,10 @@ where
                 let feedback = data_init.init(id, FeedbackData);
                 let chosen = state.surface_feedback(&surface).or_else(|| state.import_state().default_feedback.clone());
                 let import = state.import_state();
-                if let Some(chosen) = chosen {
+                if let Some(chosen) = &chosen {
                     chosen.send(&feedback, &import.table);
                 }
-                import.surface_feedbacks.push((feedback.downgrade(), surface.downgrade()));
+                import.surface_feedbacks.push((feedback.downgrade(), surface.downgrade(), chosen));
             }
             _ => {}
         }

@@ -88,6 +88,17 @@ impl Feedback {
         }
     }
 
+    /// Scanout first: a tranche the display can scan out directly, then the render tranche.
+    pub fn with_scanout(main_device: u64, scanout_device: u64, scanout: &[Format], render: &[Format]) -> Self {
+        Self {
+            main_device,
+            tranches: vec![
+                Tranche { target_device: scanout_device, flags: TrancheFlags::Scanout, formats: scanout.to_vec() },
+                Tranche { target_device: main_device, flags: TrancheFlags::empty(), formats: render.to_vec() },
+            ],
+        }
+    }
+
     /// Sends the whole feedback sequence, ending with `done`. Formats missing from the table
     /// are left out (the table is what clients can index).
     pub fn send(&self, resource: &ZwpLinuxDmabufFeedbackV1, table: &FormatTable) {

@@ -57,7 +57,7 @@ use smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_li
 use smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_v1::ZwpLinuxDmabufV1;
 use smithay::reexports::wayland_server::backend::GlobalId;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
-use smithay::reexports::wayland_server::{DisplayHandle, GlobalDispatch, Resource, Weak};
+use smithay::reexports::wayland_server::{DisplayHandle, GlobalDispatch, Weak};
 use smithay::wayland::buffer::BufferHandler;
 
 pub use dispatch::{FeedbackData, ImportGlobalData, ParamsData};
@@ -101,7 +101,7 @@ pub struct ImportState {
     version: u32,
     table: FormatTable,
     default_feedback: Option<Feedback>,
-    surface_feedbacks: Vec<(Weak<ZwpLinuxDmabufFeedbackV1>, Weak<WlSurface>)>,
+    surface_feedbacks: Vec<(Weak<ZwpLinuxDmabufFeedbackV1>, Weak<WlSurface>, Option<Feedback>)>,
     pub counters: ImportCounters,
 }
 
@@ -150,21 +150,21 @@ impl ImportState {
         self.default_feedback.as_ref()
     }
 
-    /// Re-sends per-surface feedback, e.g. after a buffer's plan changed where it can go.
-    pub fn refresh_surface_feedback<D: ImportHandler>(state: &mut D) {
-        let live: Vec<_> = state
-            .import_state()
-            .surface_feedbacks
-            .iter()
-            .filter_map(|(f, s)| Some((f.upgrade().ok()?, s.upgrade().ok()?)))
-            .collect();
-        for (resource, surface) in &live {
-            let feedback = state.surface_feedback(surface).or_else(|| state.import_state().default_feedback.clone());
-            if let Some(feedback) = feedback {
-                feedback.send(resource, &state.import_state().table);
+    /// Sends `feedback` (or the default) to `surface`'s feedback objects whose last feedback
+    /// differs: called when the surface's buffer, and so its plan, changed.
+    pub fn update_surface_feedback(&mut self, surface: &WlSurface, feedback: Option<Feedback>) {
+        let feedback = feedback.or_else(|| self.default_feedback.clone());
+        self.surface_feedbacks.retain(|(f, s, _)| f.upgrade().is_ok() && s.upgrade().is_ok());
+        for (resource, s, last) in &mut self.surface_feedbacks {
+            let (Ok(resource), Ok(s)) = (resource.upgrade(), s.upgrade()) else { continue };
+            if &s != surface || *last == feedback {
+                continue;
             }
+            if let Some(f) = &feedback {
+                f.send(&resource, &self.table);
+            }
+            *last = feedback.clone();
         }
-        state.import_state().surface_feedbacks.retain(|(f, _)| f.upgrade().is_ok_and(|f| f.is_alive()));
     }
 }
 

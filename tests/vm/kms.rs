@@ -125,6 +125,10 @@ fn kms_vkms_udmabuf_goes_direct_to_a_plane() -> Result<(), String> {
     if zero_copy == 0 || composited != 0 {
         return Err(format!("expected zero-copy only, got zero_copy={zero_copy} composited={composited}"));
     }
+    // The surface's dma-buf feedback offers a scanout tranche for vkms, then the render one.
+    if !log.contains("udmabuf client feedback: tranche_flags(Value(TrancheFlags(Scanout)))") {
+        return Err(format!("no scanout tranche in the surface feedback:\n{log}"));
+    }
     Ok(())
 }
 
@@ -146,6 +150,10 @@ fn kms_override_composites_instead_with_exact_pixels() -> Result<(), String> {
     let (zero_copy, composited) = counters(&log, "Virtual-1")?;
     if zero_copy != 0 || composited == 0 {
         return Err(format!("expected composition only, got zero_copy={zero_copy} composited={composited}"));
+    }
+    // A buffer the plan keeps off the planes gets only the render tranche.
+    if !log.contains("udmabuf client feedback: done") || log.contains("TrancheFlags(Scanout)") {
+        return Err(format!("surface feedback should be render-only:\n{log}"));
     }
     Ok(())
 }

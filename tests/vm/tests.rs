@@ -317,6 +317,14 @@ fn run_udmabuf_client(size: (i32, i32)) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    // What the compositor now says about this surface (a scanout tranche when the buffer may go
+    // on a plane), printed for the tests that run this client.
+    if let Some(_feedback) = client.surface_feedback(&window.surface) {
+        client.blocking_roundtrip().check("surface feedback")?;
+        for line in client.state.transcript.iter().filter(|l| l.starts_with("feedback: ")) {
+            eprintln!("udmabuf client {line}");
+        }
+    }
     // Stay mapped until cohere ends the session.
     while client.blocking_roundtrip().is_ok() {
         std::thread::sleep(Duration::from_millis(50));

@@ -102,6 +102,15 @@ impl Device {
         self.surfaces.values().map(|s| &s.output)
     }
 
+    /// Formats the primary planes can scan out.
+    pub fn scanout_formats(&self) -> Vec<smithay::backend::allocator::Format> {
+        let mut formats: Vec<_> =
+            self.surfaces.values().flat_map(|s| s.compositor.surface().plane_info().formats.iter().copied().collect::<Vec<_>>()).collect();
+        formats.sort_by_key(|f| (f.code as u32, u64::from(f.modifier)));
+        formats.dedup();
+        formats
+    }
+
     pub(crate) fn crtc_of(&self, output: &Output) -> Option<crtc::Handle> {
         self.surfaces.iter().find(|(_, s)| &s.output == output).map(|(c, _)| *c)
     }

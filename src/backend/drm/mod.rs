@@ -78,6 +78,20 @@ impl Drm {
         &self.import
     }
 
+    /// Feedback for a surface: a scanout tranche for the device its buffer's plan allows direct
+    /// scanout on, then the render tranche; `None` (the default feedback) otherwise.
+    fn feedback_for(&self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) -> Option<crate::import::Feedback> {
+        let dmabuf = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| {
+            s.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
+        })??;
+        let node = dmabuf.node()?;
+        let device = self.devices.get(&node)?;
+        let render = self.import.formats().to_vec();
+        let scanout: Vec<_> = device.scanout_formats().into_iter().filter(|f| render.contains(f)).collect();
+        let main = self.import.default_feedback().map_or(node.dev_id(), |f| f.main_device);
+        Some(crate::import::Feedback::with_scanout(main, node.dev_id(), &scanout, &render))
+    }
+
     /// The output a surface belongs to, with its device and CRTC.
     fn find_output(&self, output: &Output) -> Option<(DrmNode, smithay::reexports::drm::control::crtc::Handle)> {
         self.devices.iter().find_map(|(node, d)| d.crtc_of(output).map(|crtc| (*node, crtc)))
@@ -87,6 +101,11 @@ impl Drm {
 impl Backend for Drm {
     fn coherency(&self) -> &CoherencyState {
         &self.coherency
+    }
+
+    fn surface_committed(&mut self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) {
+        let feedback = self.feedback_for(surface);
+        self.import.update_surface_feedback(surface, feedback);
     }
 
     fn output_counters(&self) -> Vec<(String, OutputCounters)> {
@@ -115,6 +134,10 @@ impl ImportHandler for State<Drm> {
             .import_dmabuf(dmabuf, None)
             .map(|_| ())
             .map_err(|e| ImportRejected(format!("renderer cannot import it: {e}")))
+    }
+
+    fn surface_feedback(&mut self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) -> Option<crate::import::Feedback> {
+        self.backend.feedback_for(surface)
     }
 }
 

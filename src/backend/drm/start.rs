@@ -24,7 +24,8 @@ impl Compositor<Drm> {
         let (session, notifier) = LibSeatSession::new().map_err(|e| DrmBackendError::Session(e.to_string()))?;
         let seat = session.seat();
         let quirks = options.coherency.load()?;
-        let backend = Drm::new(session, event_loop.handle(), &dh, options.dmabuf_main_device, quirks)?;
+        let main_device = options.dmabuf_main_device.or_else(crate::compositor::first_render_node);
+        let backend = Drm::new(session, event_loop.handle(), &dh, main_device, quirks)?;
         let core = Core::new(dh, options.shell);
         let mut state = State { backend, core };
         state.core.control.configure(None, options.exit_after_frames);

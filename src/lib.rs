@@ -31,6 +31,7 @@ pub mod coherency;
 pub mod compositor;
 pub mod core;
 pub mod import;
+mod input;
 pub mod path;
 pub mod render;
 pub mod shell;

@@ -217,6 +217,14 @@ impl<B: Backend> State<B> {
             }
         }
         let focus = window.and_then(|w| w.toplevel()).map(|t| t.wl_surface().clone());
+        if let Some(t) = window.and_then(|w| w.toplevel()) {
+            let title = smithay::wayland::compositor::with_states(t.wl_surface(), |s| {
+                s.data_map
+                    .get::<smithay::wayland::shell::xdg::XdgToplevelSurfaceData>()
+                    .and_then(|d| d.lock().ok().and_then(|d| d.title.clone()))
+            });
+            tracing::debug!(title = title.as_deref().unwrap_or(""), "focused window");
+        }
         if let Some(keyboard) = self.core.seat.get_keyboard() {
             keyboard.set_focus(self, focus, serial);
         }

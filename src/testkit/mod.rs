@@ -2,12 +2,13 @@
 //! source the kernel offers, drive vgem and sw_sync fences, and read back what vkms scanned out.
 //!
 //! Everything here talks to real kernel interfaces through rustix and the drm crate; nothing is
-//! simulated. It only works where the devices exist, which is the VM described in
+//! simulated (`uinput` makes a real kernel input device). It only works where the devices exist, which is the VM described in
 //! ARCHITECTURE.md ("VM tier").
 
 pub mod alloc;
 pub mod drm;
 pub mod fence;
+pub mod uinput;
 pub mod vkms;
 
 pub use alloc::{heap_buffer, udmabuf, vgem_buffer, MappedDmabuf};

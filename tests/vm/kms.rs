@@ -21,6 +21,7 @@ pub fn all() -> Vec<(usize, &'static str, TestFn)> {
         (2, "kms_check_kms_lists_the_displays", kms_check_kms_lists_the_displays),
         (3, "kms_kiosk_weston_simple_shm_and_exit_status", kms_kiosk_weston_simple_shm_and_exit_status),
         (4, "kms_hotplug_removes_and_adds_outputs", kms_hotplug_removes_and_adds_outputs),
+        (5, "kms_libinput_click_focuses_the_window_under_the_pointer", kms_libinput_click_focuses_the_window_under_the_pointer),
     ]
 }
 
@@ -33,9 +34,10 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str], app: &[&str]) -> Result<Running, String> {
+        let shell = if args.contains(&"--desktop") { "--desktop" } else { "--kiosk" };
         let mut child = Command::new(env!("CARGO_BIN_EXE_cohere"))
-            .args(["--kiosk"])
-            .args(args)
+            .arg(shell)
+            .args(args.iter().filter(|a| **a != "--desktop"))
             .arg("--")
             .args(app)
             .env("RUST_LOG", "warn,cohere=debug")
@@ -241,7 +243,7 @@ fn kms_hotplug_removes_and_adds_outputs() -> Result<(), String> {
     // udev events reach cohere through udevd (the test VM doesn't run one by itself).
     Command::new("/lib/systemd/systemd-udevd").arg("--daemon").status().check("starting udevd")?;
     std::thread::sleep(Duration::from_millis(300));
-    let mut run = Running::start(&["--socket", "hotplug", "--exit-after-frames", "200"], &[])?;
+    let mut run = Running::start(&["--socket", "hotplug", "--exit-after-frames", "160"], &[])?;
     run.wait_for("DRM device added card=\"card2\"")?;
     let pci = "0000:00:04.0";
     std::fs::write("/sys/bus/pci/drivers/virtio-pci/unbind", pci).check("unbinding virtio-gpu")?;
@@ -258,6 +260,32 @@ fn kms_hotplug_removes_and_adds_outputs() -> Result<(), String> {
     }
     if status != Some(0) {
         return Err(format!("cohere exit {status:?} after hotplug:\n{log}"));
+    }
+    Ok(())
+}
+
+/// A uinput tablet (libinput, through udevd) clicks on the lower of two overlapping desktop
+/// windows: it gets keyboard focus and comes to the top.
+fn kms_libinput_click_focuses_the_window_under_the_pointer() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    Command::new("modprobe").arg("uinput").status().check("modprobe uinput")?;
+    Command::new("/lib/systemd/systemd-udevd").arg("--daemon").status().check("starting udevd")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let me = me()?;
+    let app = format!("{me} {CLIENT_MODE} 64 64 a desktop & sleep 0.4; exec {me} {CLIENT_MODE} 64 64 b desktop");
+    let mut run = Running::start(&["--desktop", "--drm-device", &vkms_node()?, "--exit-after-frames", "200"], &["sh", "-c", &app])?;
+    // a, then b, take focus as they are created (before their titles arrive).
+    run.wait_for("focused window")?;
+    run.wait_for("focused window")?;
+    std::thread::sleep(Duration::from_millis(300));
+    // Window a is at (32, 56), b at (64, 88), both 64x64: (40, 60) is on a only.
+    let mut tablet = cohere::testkit::uinput::Tablet::new(1024, 768).check("uinput tablet")?;
+    std::thread::sleep(Duration::from_millis(500));
+    tablet.click(40, 60).check("click")?;
+    run.wait_for("focused window title=\"a\"")?;
+    let (status, log) = run.finish()?;
+    if status != Some(0) {
+        return Err(format!("cohere exit {status:?}:\n{log}"));
     }
     Ok(())
 }

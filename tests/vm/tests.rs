@@ -274,12 +274,15 @@ fn cohere_inspect_reports_the_real_devices() -> Result<(), String> {
 /// The client half: runs as cohere's launched app. Shows a udmabuf-backed wl_buffer fullscreen
 /// (`test_image` at the configured size, or `W H` given as arguments) and reports on stderr
 /// once it has been presented; then waits to be terminated.
+/// `W H [TITLE desktop]`: with `desktop`, the window keeps its own size (no configure check).
 pub fn udmabuf_client(args: &[String]) -> ExitCode {
     let size = match args {
         [w, h, ..] => (w.parse().unwrap_or(CLIENT_SIZE.0), h.parse().unwrap_or(CLIENT_SIZE.1)),
         _ => CLIENT_SIZE,
     };
-    match run_udmabuf_client(size) {
+    let title = args.get(2).cloned().unwrap_or_else(|| "udmabuf".into());
+    let desktop = args.get(3).is_some_and(|a| a == "desktop");
+    match run_udmabuf_client(size, &title, desktop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("udmabuf client: {e}");
@@ -288,17 +291,19 @@ pub fn udmabuf_client(args: &[String]) -> ExitCode {
     }
 }
 
-fn run_udmabuf_client(size: (i32, i32)) -> Result<(), String> {
+fn run_udmabuf_client(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
     let dir = std::env::var("XDG_RUNTIME_DIR").check("XDG_RUNTIME_DIR")?;
     let name = std::env::var("WAYLAND_DISPLAY").check("WAYLAND_DISPLAY")?;
     let stream = UnixStream::connect(PathBuf::from(dir).join(name)).check("connect")?;
     let mut client = crate::client::TestClient::new(stream);
     client.blocking_roundtrip().check("registry")?;
     client.bind_globals();
-    let window = client.create_window("udmabuf");
+    let window = client.create_window(title);
     client.blocking_roundtrip().check("configure")?;
     let configure = client.ack_last_configure(&window);
-    ensure_eq!((configure.width, configure.height), size, "kiosk configure");
+    if !desktop {
+        ensure_eq!((configure.width, configure.height), size, "kiosk configure");
+    }
     let (w, h) = (size.0 as u32, size.1 as u32);
     let bytes: Vec<u8> = test_image(w, h).iter().flat_map(|p| p.to_le_bytes()).collect();
     let buffer = udmabuf(bytes.len()).check("udmabuf")?;

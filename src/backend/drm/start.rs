@@ -1,6 +1,8 @@
 //! Starting the KMS backend: session, devices, hotplug and session pause/resume.
 
+use smithay::backend::libinput::{LibinputInputBackend, LibinputSessionInterface};
 use smithay::backend::session::libseat::LibSeatSession;
+use smithay::reexports::input::Libinput;
 use smithay::backend::session::{Event as SessionEvent, Session};
 use smithay::backend::udev::{UdevBackend, UdevEvent};
 use smithay::reexports::calloop::EventLoop;
@@ -73,6 +75,14 @@ impl Compositor<Drm> {
                     redraw_all(state);
                 }
             })
+            .map_err(|e| StartError::EventLoop(e.to_string()))?;
+        // Keyboard and pointer through libinput, on the same session.
+        let mut libinput = Libinput::new_with_udev(LibinputSessionInterface::from(state.backend.session.clone()));
+        if libinput.udev_assign_seat(&seat).is_err() {
+            tracing::warn!(seat, "libinput could not take the seat's input devices");
+        }
+        handle
+            .insert_source(LibinputInputBackend::new(libinput), |event, _, state| state.process_input_event(event))
             .map_err(|e| StartError::EventLoop(e.to_string()))?;
         let mut compositor = Compositor::assemble(event_loop, display, state, &options.socket)?;
         redraw_all(&mut compositor.state);

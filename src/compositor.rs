@@ -140,6 +140,7 @@ pub struct Compositor<B: Backend> {
     pub state: State<B>,
     socket_name: Option<OsString>,
     app: Option<LaunchedApp>,
+    stats_path: Option<PathBuf>,
 }
 
 impl Compositor<Headless> {
@@ -301,6 +302,19 @@ impl<B: Backend> Compositor<B> {
             SocketChoice::None => None,
         };
         let socket_name = socket.as_ref().map(|s| s.socket_name().to_os_string());
+        // Live stats for `cohere inspect --live`, once a second, next to the socket.
+        let stats_path = socket_name.as_ref().and_then(|n| crate::stats::path_for(&n.to_string_lossy()));
+        if let Some(path) = stats_path.clone() {
+            let timer = Timer::from_duration(Duration::from_secs(1));
+            handle
+                .insert_source(timer, move |_, _, state| {
+                    if let Err(err) = crate::stats::Stats::collect(state).write(&path) {
+                        tracing::debug!(%err, "stats not written");
+                    }
+                    TimeoutAction::ToDuration(Duration::from_secs(1))
+                })
+                .map_err(|e| StartError::EventLoop(e.to_string()))?;
+        }
         if let Some(socket) = socket {
             handle
                 .insert_source(socket, |stream, _, state| {
@@ -310,7 +324,7 @@ impl<B: Backend> Compositor<B> {
                 })
                 .map_err(|e| StartError::EventLoop(e.to_string()))?;
         }
-        Ok(Self { event_loop, state, socket_name, app: None })
+        Ok(Self { event_loop, state, socket_name, app: None, stats_path })
     }
 
     /// The socket name clients use as WAYLAND_DISPLAY, if listening.
@@ -407,6 +421,9 @@ impl<B: Backend> Compositor<B> {
 
 impl<B: Backend> Drop for Compositor<B> {
     fn drop(&mut self) {
+        if let Some(path) = &self.stats_path {
+            let _ = std::fs::remove_file(path);
+        }
         // Don't leave the launched app running without its compositor.
         if let Some(mut app) = self.app.take() {
             if let Ok(None) = app.child.try_wait() {

@@ -36,6 +36,7 @@ pub mod path;
 pub mod render;
 pub mod shell;
 mod state;
+pub mod stats;
 pub mod sync;
 #[cfg(feature = "test-support")]
 pub mod testkit;

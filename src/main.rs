@@ -59,6 +59,15 @@ struct InspectArgs {
     /// JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Show the running compositor's counters and live buffer plans, refreshed every second.
+    #[arg(long)]
+    live: bool,
+    /// With --live: print once and exit.
+    #[arg(long, requires = "live")]
+    once: bool,
+    /// With --live: the compositor's socket name [default: $WAYLAND_DISPLAY].
+    #[arg(long, value_name = "NAME", requires = "live")]
+    socket: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -179,6 +188,9 @@ fn ensure_runtime_dir() -> anyhow::Result<()> {
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
+    if args.live {
+        return inspect_live(&args);
+    }
     let quirks = args.coherency.options().load()?;
     let renderer = match args.renderer {
         InspectRenderer::Pixman => RendererChoice::Cpu("pixman".into()),
@@ -198,6 +210,31 @@ fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
         out.write_all(report.text().as_bytes())?;
     }
     Ok(0)
+}
+
+fn inspect_live(args: &InspectArgs) -> anyhow::Result<u8> {
+    ensure_runtime_dir()?;
+    let socket = args.socket.clone().or_else(|| std::env::var("WAYLAND_DISPLAY").ok()).context("no --socket and no WAYLAND_DISPLAY")?;
+    let path = cohere::stats::path_for(&socket).context("XDG_RUNTIME_DIR is not set")?;
+    loop {
+        let stats = cohere::stats::Stats::read(&path).with_context(|| format!("no live stats at {} (is cohere running on {socket}?)", path.display()))?;
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            serde_json::to_writer_pretty(&mut out, &stats)?;
+            writeln!(out)?;
+        } else {
+            if !args.once {
+                // Clear the terminal and redraw, like watch(1).
+                write!(out, "\x1b[H\x1b[2J")?;
+            }
+            write!(out, "cohere on {socket}\n\n{}", stats.text())?;
+        }
+        out.flush()?;
+        if args.once {
+            return Ok(0);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }
 
 fn check_kms() -> anyhow::Result<u8> {

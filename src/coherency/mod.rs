@@ -70,6 +70,11 @@ impl PlanCache {
         self.entries.len()
     }
 
+    /// The plans of the buffers alive now.
+    pub fn live_plans(&self) -> impl Iterator<Item = &BufferPlan> {
+        self.entries.iter().filter(|(w, _, _)| w.upgrade().is_some()).map(|(_, _, p)| p)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

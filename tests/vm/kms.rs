@@ -18,7 +18,7 @@ pub fn all() -> Vec<(usize, &'static str, TestFn)> {
         (1, "kms_vkms_udmabuf_goes_direct_to_a_plane", kms_vkms_udmabuf_goes_direct_to_a_plane),
         (1, "kms_override_composites_instead_with_exact_pixels", kms_override_composites_instead_with_exact_pixels),
         (2, "kms_virtio_gpu_composites_the_foreign_buffer", kms_virtio_gpu_composites_the_foreign_buffer),
-        (2, "kms_check_kms_lists_the_displays", kms_check_kms_lists_the_displays),
+        (3, "kms_check_kms_lists_the_displays", kms_check_kms_lists_the_displays),
         (3, "kms_kiosk_weston_simple_shm_and_exit_status", kms_kiosk_weston_simple_shm_and_exit_status),
         (4, "kms_hotplug_removes_and_adds_outputs", kms_hotplug_removes_and_adds_outputs),
         (5, "kms_libinput_click_focuses_the_window_under_the_pointer", kms_libinput_click_focuses_the_window_under_the_pointer),
@@ -113,7 +113,7 @@ fn check_vkms_crc(size: (u32, u32)) -> Result<(), String> {
 fn kms_vkms_udmabuf_goes_direct_to_a_plane() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
     let me = me()?;
-    let mut run = Running::start(&["--drm-device", &vkms_node()?, "--exit-after-frames", "90"], &[&me, CLIENT_MODE, "1024", "768"])?;
+    let mut run = Running::start(&["--drm-device", &vkms_node()?, "--exit-after-frames", "50"], &[&me, CLIENT_MODE, "1024", "768"])?;
     run.wait_for("udmabuf buffer presented")?;
     check_vkms_crc((1024, 768))?;
     let (status, log) = run.finish()?;
@@ -140,7 +140,7 @@ fn kms_override_composites_instead_with_exact_pixels() -> Result<(), String> {
     std::fs::write(config, "[driver.vkms]\nscanout_snoops = false\n").check("config")?;
     let me = me()?;
     let mut run = Running::start(
-        &["--drm-device", &vkms_node()?, "--config", config, "--exit-after-frames", "90"],
+        &["--drm-device", &vkms_node()?, "--config", config, "--exit-after-frames", "50"],
         &[&me, CLIENT_MODE, "1024", "768"],
     )?;
     run.wait_for("udmabuf buffer presented")?;
@@ -165,12 +165,29 @@ fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
     // Only look the node up: an open card node of ours would be DRM master and lock cohere out.
     let node = Card::open_driver("virtio_gpu").check("virtio-gpu")?.path.display().to_string();
     let me = me()?;
-    let mut run = Running::start(&["--drm-device", &node, "--exit-after-frames", "50"], &[&me, CLIENT_MODE, "1280", "800"])?;
+    let mut run = Running::start(
+        &["--drm-device", &node, "--socket", "kmslive", "--exit-after-frames", "150"],
+        &[&me, CLIENT_MODE, "1280", "800"],
+    )?;
     run.wait_for("udmabuf buffer presented")?;
     // Give the flip a frame to land, then read what the primary plane scans out.
     std::thread::sleep(Duration::from_millis(50));
     let card = Card::open_driver("virtio_gpu").check("virtio-gpu")?;
     let (w, h, pixels) = card.read_primary_plane().check("virtio-gpu readback")?;
+    drop(card);
+    // The live view shows the same story while it runs (stats are written once a second).
+    std::thread::sleep(Duration::from_millis(1100));
+    let live = Command::new(env!("CARGO_BIN_EXE_cohere")).args(["inspect", "--live", "--once", "--socket", "kmslive"]).output().check("inspect --live")?;
+    let live = format!("{}{}", String::from_utf8_lossy(&live.stdout), String::from_utf8_lossy(&live.stderr));
+    let composited_now = live
+        .lines()
+        .find(|l| l.starts_with("Virtual-2"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if composited_now == 0 || !live.contains("scanout card2 (virtio_gpu): Composite") {
+        let (_, log) = run.finish()?;
+        return Err(format!("inspect --live:\n{live}\ncohere:\n{log}"));
+    }
     let (status, log) = run.finish()?;
     if (w, h) != (1280, 800) {
         return Err(format!("virtio-gpu mode {w}x{h}"));
@@ -243,7 +260,7 @@ fn kms_hotplug_removes_and_adds_outputs() -> Result<(), String> {
     // udev events reach cohere through udevd (the test VM doesn't run one by itself).
     Command::new("/lib/systemd/systemd-udevd").arg("--daemon").status().check("starting udevd")?;
     std::thread::sleep(Duration::from_millis(300));
-    let mut run = Running::start(&["--socket", "hotplug", "--exit-after-frames", "160"], &[])?;
+    let mut run = Running::start(&["--socket", "hotplug", "--exit-after-frames", "120"], &[])?;
     run.wait_for("DRM device added card=\"card2\"")?;
     let pci = "0000:00:04.0";
     std::fs::write("/sys/bus/pci/drivers/virtio-pci/unbind", pci).check("unbinding virtio-gpu")?;
@@ -273,7 +290,7 @@ fn kms_libinput_click_focuses_the_window_under_the_pointer() -> Result<(), Strin
     std::thread::sleep(Duration::from_millis(300));
     let me = me()?;
     let app = format!("{me} {CLIENT_MODE} 64 64 a desktop & sleep 0.4; exec {me} {CLIENT_MODE} 64 64 b desktop");
-    let mut run = Running::start(&["--desktop", "--drm-device", &vkms_node()?, "--exit-after-frames", "200"], &["sh", "-c", &app])?;
+    let mut run = Running::start(&["--desktop", "--drm-device", &vkms_node()?, "--exit-after-frames", "120"], &["sh", "-c", &app])?;
     // a, then b, take focus as they are created (before their titles arrive).
     run.wait_for("focused window")?;
     run.wait_for("focused window")?;

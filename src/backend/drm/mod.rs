@@ -56,6 +56,9 @@ pub struct Drm {
     pub counters: HashMap<String, OutputCounters>,
     /// `--drm-device`: the only device node to drive.
     pub(crate) only_device: Option<std::path::PathBuf>,
+    /// Outputs with a frame queued or a refresh timer pending: exactly one of the two drives
+    /// each output, so frames (and frame callbacks) happen once per refresh.
+    busy: std::collections::HashSet<String>,
 }
 
 impl Drm {
@@ -71,11 +74,17 @@ impl Drm {
         let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device })
             .map_err(|e| DrmBackendError::Import(e.to_string()))?;
         let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu("pixman".into())));
-        Ok(Self { session, renderer, devices: HashMap::new(), import, coherency, handle, counters: HashMap::new(), only_device: None })
+        Ok(Self { session, renderer, devices: HashMap::new(), import, coherency, handle, counters: HashMap::new(), only_device: None, busy: Default::default() })
     }
 
     pub fn import_state(&self) -> &ImportState {
         &self.import
+    }
+
+    /// Forgets queued frames and pending ticks (session resumed, device gone): the next
+    /// render starts fresh.
+    pub(crate) fn reset_pacing(&mut self) {
+        self.busy.clear();
     }
 
     /// Feedback for a surface: a scanout tranche for the device its buffer's plan allows direct
@@ -143,16 +152,36 @@ impl ImportHandler for State<Drm> {
 
 crate::delegate_import!(State<Drm>);
 
-/// Renders and queues one frame on `output`, or, when nothing changed, completes the frame at
-/// once and tries again after one refresh.
-pub(crate) fn render_output(state: &mut State<Drm>, output: &Output) {
-    let Some((node, crtc)) = state.backend.find_output(output) else { return };
+/// Why a frame is being rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// A page flip just completed; that refresh is already accounted for.
+    Vblank,
+    /// Start-up, a new device, session resume, or an idle refresh tick.
+    Tick,
+}
+
+/// Renders and queues one frame on `output`. When nothing changed, the refresh still counts
+/// (frame callbacks, exit condition) unless a flip already did, and the next try is one
+/// refresh later.
+pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Trigger) {
+    if !state.backend.busy.insert(output.name()) {
+        // A queued frame or a pending tick will render this output soon.
+        return;
+    }
+    let Some((node, crtc)) = state.backend.find_output(output) else {
+        state.backend.busy.remove(&output.name());
+        return;
+    };
     let elements = {
         let renderer = &mut state.backend.renderer;
         crate::render::output_elements(renderer, &state.core, output)
     };
     let clear = crate::render::clear_color(state.core.shell.mode);
-    let Some(device) = state.backend.devices.get_mut(&node) else { return };
+    let Some(device) = state.backend.devices.get_mut(&node) else {
+        state.backend.busy.remove(&output.name());
+        return;
+    };
     let outcome = device.render(crtc, &mut state.backend.renderer, &elements, clear);
     match outcome {
         Ok(device::Rendered::Queued { states, zero_copy, composited }) => {
@@ -167,16 +196,22 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output) {
         Ok(device::Rendered::Empty { states }) => {
             // Nothing to show: answer frame callbacks now and look again in one refresh.
             let refresh = refresh_of(output);
-            let now = state.core.clock.now();
-            finish(state, output, &states, now, refresh);
+            if trigger == Trigger::Tick {
+                let now = state.core.clock.now();
+                finish(state, output, &states, now, refresh);
+            }
             let output = output.clone();
             let timer = smithay::reexports::calloop::timer::Timer::from_duration(refresh);
             let _ = state.backend.handle.insert_source(timer, move |_, _, state| {
-                render_output(state, &output);
+                state.backend.busy.remove(&output.name());
+                render_output(state, &output, Trigger::Tick);
                 smithay::reexports::calloop::timer::TimeoutAction::Drop
             });
         }
-        Err(err) => tracing::warn!(%err, output = output.name(), "frame not rendered"),
+        Err(err) => {
+            state.backend.busy.remove(&output.name());
+            tracing::warn!(%err, output = output.name(), "frame not rendered");
+        }
     }
 }
 
@@ -201,7 +236,8 @@ pub(crate) fn vblank(state: &mut State<Drm>, node: DrmNode, crtc: smithay::reexp
     let Some((output, states)) = device.frame_submitted(crtc) else { return };
     let now = state.core.clock.now();
     finish(state, &output, &states, now, refresh_of(&output));
-    render_output(state, &output);
+    state.backend.busy.remove(&output.name());
+    render_output(state, &output, Trigger::Vblank);
 }
 
 /// Whether a session and a display are available (for choosing KMS over headless).

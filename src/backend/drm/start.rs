@@ -8,7 +8,7 @@ use smithay::backend::udev::{UdevBackend, UdevEvent};
 use smithay::reexports::calloop::EventLoop;
 use smithay::reexports::wayland_server::Display;
 
-use super::{render_output, Device, Drm, DrmBackendError};
+use super::{render_output, Device, Drm, DrmBackendError, Trigger};
 use crate::compositor::{Compositor, Options, StartError};
 use crate::core::Core;
 use crate::State;
@@ -72,6 +72,7 @@ impl Compositor<Drm> {
                     for d in state.backend.devices.values_mut() {
                         d.activate();
                     }
+                    state.backend.reset_pacing();
                     redraw_all(state);
                 }
             })
@@ -93,7 +94,7 @@ impl Compositor<Drm> {
 fn redraw_all(state: &mut State<Drm>) {
     let outputs: Vec<_> = state.core.outputs().cloned().collect();
     for output in outputs {
-        render_output(state, &output);
+        render_output(state, &output, Trigger::Tick);
     }
 }
 
@@ -113,7 +114,7 @@ fn add_device(state: &mut State<Drm>, path: &std::path::Path) {
             let outputs: Vec<_> = device.outputs().cloned().collect();
             state.backend.devices.insert(device.node, device);
             for output in outputs {
-                render_output(state, &output);
+                render_output(state, &output, Trigger::Tick);
             }
         }
         Err(err) => tracing::warn!(%err, "DRM device not used"),

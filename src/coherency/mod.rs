@@ -132,18 +132,32 @@ pub struct CoherencyState {
     pub machine: MachineFacts,
     pub plans: PlanCache,
     pub counters: PlanCounters,
+    probe_options: ProbeOptions,
 }
 
 impl CoherencyState {
     pub fn new(quirks: Quirks, probe_options: &ProbeOptions) -> Self {
         let machine = probe(probe_options, &quirks);
+        Self::log_facts(&machine);
+        Self { quirks, machine, plans: PlanCache::default(), counters: PlanCounters::default(), probe_options: probe_options.clone() }
+    }
+
+    /// The devices changed (hotplug): probe the machine again and recompute the plan of every
+    /// live buffer against the new facts.
+    pub fn devices_changed(&mut self) {
+        self.machine = probe(&self.probe_options, &self.quirks);
+        Self::log_facts(&self.machine);
+        self.plans.recompute(&self.machine);
+        tracing::info!(buffers = self.plans.len(), "plans recomputed after a device change");
+    }
+
+    fn log_facts(machine: &MachineFacts) {
         for d in &machine.devices {
             tracing::info!(
                 card = %d.name, driver = %d.driver.value, render_snoops = %d.render_snoops, scanout_snoops = %d.scanout_snoops,
                 imports_foreign = %d.imports_foreign, "coherency facts"
             );
         }
-        Self { quirks, machine, plans: PlanCache::default(), counters: PlanCounters::default() }
     }
 
     /// Plans a newly imported buffer and caches the plan; `Err(reason)` when no consumer can
@@ -165,5 +179,44 @@ impl CoherencyState {
         }
         self.plans.insert(dmabuf, exporter, plan);
         self.plans.get(dmabuf).ok_or_else(|| "plan cache lost the entry".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smithay::backend::allocator::dmabuf::{Dmabuf, DmabufFlags};
+    use smithay::backend::allocator::{Fourcc, Modifier};
+
+    fn vm(quirks: &Quirks) -> MachineFacts {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs/vm");
+        probe(&ProbeOptions { sysfs_root: root, dev_dri: None, renderer: RendererChoice::Cpu("pixman".into()) }, quirks)
+    }
+
+    fn scanout_vkms(plan: &BufferPlan) -> Path {
+        plan.scanout.iter().find(|(c, _)| c.contains("vkms")).map(|(_, d)| d.path).unwrap_or(Path::Reject)
+    }
+
+    #[test]
+    fn cached_plans_are_recomputed_when_facts_change_and_dropped_with_their_buffer() {
+        let quirks = Quirks::builtin().unwrap();
+        let memfd = rustix::fs::memfd_create("plan", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut builder = Dmabuf::builder((16, 16), Fourcc::Xrgb8888, Modifier::Linear, DmabufFlags::empty());
+        builder.add_plane(memfd, 0, 0, 64);
+        let dmabuf = builder.build().unwrap();
+        let exporter = ExporterFacts::lookup(Fact::new("udmabuf".into(), Source::Fdinfo), &quirks);
+        let mut cache = PlanCache::default();
+        cache.insert(&dmabuf, exporter.clone(), BufferPlan::compute(&exporter, &vm(&quirks)));
+        assert_eq!(scanout_vkms(cache.get(&dmabuf).unwrap()), Path::Direct);
+
+        // The same machine, but vkms now known not to snoop (as after a hotplug re-probe).
+        let mut changed = Quirks::builtin().unwrap();
+        changed.push("o.toml", "[driver.vkms]\nscanout_snoops = false\n", Layer::Override).unwrap();
+        cache.recompute(&vm(&changed));
+        assert_eq!(scanout_vkms(cache.get(&dmabuf).unwrap()), Path::DirectWithMaintenance);
+
+        drop(dmabuf);
+        cache.prune();
+        assert!(cache.is_empty(), "a buffer's plan goes with the buffer");
     }
 }

@@ -267,6 +267,9 @@ fn kms_hotplug_removes_and_adds_outputs() -> Result<(), String> {
     run.wait_for("output removed output=\"Virtual-2\"")?;
     std::fs::write("/sys/bus/pci/drivers/virtio-pci/bind", pci).check("binding virtio-gpu")?;
     run.wait_for("DRM device added card=\"card3\"")?;
+    // The coherency facts follow the devices: the new card is probed and plans recomputed.
+    run.wait_for("card=card3 driver=virtio_gpu")?;
+    run.wait_for("plans recomputed after a device change")?;
     std::thread::sleep(Duration::from_millis(300));
     let info = Command::new("wayland-info").env("WAYLAND_DISPLAY", "hotplug").output().check("wayland-info")?;
     let text = String::from_utf8_lossy(&info.stdout).into_owned();

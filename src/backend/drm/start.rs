@@ -46,17 +46,21 @@ impl Compositor<Drm> {
         }
         let handle = event_loop.handle();
         handle
-            .insert_source(udev, |event, _, state| match event {
-                UdevEvent::Added { path, .. } => add_device(state, &path),
-                UdevEvent::Changed { device_id } => {
-                    // A connector came or went: rebuild that device's outputs.
-                    if let Some(path) = remove_device(state, device_id) {
-                        add_device(state, &path);
+            .insert_source(udev, |event, _, state| {
+                match event {
+                    UdevEvent::Added { path, .. } => add_device(state, &path),
+                    UdevEvent::Changed { device_id } => {
+                        // A connector came or went: rebuild that device's outputs.
+                        if let Some(path) = remove_device(state, device_id) {
+                            add_device(state, &path);
+                        }
+                    }
+                    UdevEvent::Removed { device_id } => {
+                        remove_device(state, device_id);
                     }
                 }
-                UdevEvent::Removed { device_id } => {
-                    remove_device(state, device_id);
-                }
+                // Consumers changed: every live buffer's plan is recomputed.
+                state.backend.coherency.devices_changed();
             })
             .map_err(|e| StartError::EventLoop(e.to_string()))?;
         handle

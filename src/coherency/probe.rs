@@ -52,9 +52,18 @@ fn sysfs_source(root: &Path, path: &Path) -> Source {
 }
 
 /// The DRM driver, from the device node if we can open it, else from sysfs.
+/// The node to open for queries: the render node when there is one, because opening a primary
+/// node can make us DRM master for a moment and lock a starting display server out.
+fn query_node(device: &Path, card: &str) -> String {
+    std::fs::read_dir(device.join("drm"))
+        .ok()
+        .and_then(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).find(|n| n.starts_with("renderD")))
+        .unwrap_or_else(|| card.to_owned())
+}
+
 fn driver(root: &Path, card: &str, device: &Path, dev_dri: Option<&Path>) -> Option<Fact<String>> {
     let sysfs = |p: &Path| sysfs_source(root, p);
-    if let Some(node) = dev_dri.map(|d| d.join(card)) {
+    if let Some(node) = dev_dri.map(|d| d.join(query_node(device, card))) {
         if let Ok(file) = OpenOptions::new().read(true).write(true).open(&node) {
             let card = Card(file);
             if let Ok(v) = card.get_driver() {
@@ -183,11 +192,10 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
             (None, false) => Fact::new(true, Source::ArchDefault { rule: "x86: DMA snoops the CPU caches".into() }),
         };
         let d = &driver.value;
-        let render_node = std::fs::read_dir(device.join("drm"))
-            .ok()
-            .and_then(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).find(|n| n.starts_with("renderD")));
+        let node = query_node(&device, card);
+        let render_node = (node != *card).then_some(node.clone());
         let kms = entries.iter().any(|e| e.starts_with(&format!("{card}-")));
-        let prime = options.dev_dri.as_ref().and_then(|dir| prime_import_test(&dir.join(card)));
+        let prime = options.dev_dri.as_ref().and_then(|dir| prime_import_test(&dir.join(&node)));
         let imports_foreign = prime
             .or_else(|| quirks.imports_foreign(d))
             .unwrap_or_else(|| Fact::new(true, Source::Default { rule: "PRIME import assumed to work".into() }));

@@ -150,6 +150,11 @@ impl ImportState {
         self.default_feedback.as_ref()
     }
 
+    /// Whether a client asked for `surface`'s feedback (and the object still lives).
+    pub fn has_surface_feedback(&self, surface: &WlSurface) -> bool {
+        self.surface_feedbacks.iter().any(|(f, s, _)| f.upgrade().is_ok() && s.upgrade().is_ok_and(|s| &s == surface))
+    }
+
     /// Sends `feedback` (or the default) to `surface`'s feedback objects whose last feedback
     /// differs: called when the surface's buffer, and so its plan, changed.
     pub fn update_surface_feedback(&mut self, surface: &WlSurface, feedback: Option<Feedback>) {

@@ -18,7 +18,6 @@ use smithay::backend::renderer::element::RenderElementStates;
 use smithay::backend::renderer::pixman::PixmanRenderer;
 use smithay::backend::renderer::ImportDma;
 use smithay::backend::session::libseat::LibSeatSession;
-use smithay::backend::session::Session;
 use smithay::output::Output;
 use smithay::reexports::calloop::LoopHandle;
 use smithay::reexports::wayland_server::DisplayHandle;
@@ -113,6 +112,10 @@ impl Backend for Drm {
     }
 
     fn surface_committed(&mut self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) {
+        // Most surfaces never ask for feedback: don't work out a plan-based feedback per commit.
+        if !self.import.has_surface_feedback(surface) {
+            return;
+        }
         let feedback = self.feedback_for(surface);
         self.import.update_surface_feedback(surface, feedback);
     }
@@ -238,9 +241,4 @@ pub(crate) fn vblank(state: &mut State<Drm>, node: DrmNode, crtc: smithay::reexp
     finish(state, &output, &states, now, refresh_of(&output));
     state.backend.busy.remove(&output.name());
     render_output(state, &output, Trigger::Vblank);
-}
-
-/// Whether a session and a display are available (for choosing KMS over headless).
-pub fn session_available() -> bool {
-    LibSeatSession::new().map(|(s, _)| s.is_active()).unwrap_or(false)
 }

@@ -53,6 +53,9 @@ pub struct Counters {
     pub frames: u64,
     /// Frames in which the renderer drew any damage.
     pub frames_rendered: u64,
+    /// Commits whose damage the CpuCopy executor copied, and the bytes it copied.
+    pub cpu_copies: u64,
+    pub bytes_copied: u64,
 }
 
 /// Per-client data smithay needs for every connection.

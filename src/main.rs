@@ -311,11 +311,21 @@ fn drive<B: Backend>(mut compositor: Compositor<B>, command: &[OsString]) -> any
     }
     compositor.spawn(command)?;
     let exit = compositor.run();
+    tracing::info!(?exit, "exiting");
     let counters = &compositor.state.backend.coherency().counters;
     let paths: Vec<String> = counters.decisions.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!(buffers = counters.buffers, rejected = counters.rejected, paths = %paths.join(" "), "coherency plans made");
+    let core = &compositor.state.core.counters;
+    tracing::info!(copies = core.cpu_copies, bytes = core.bytes_copied, "cpu copies");
     for (output, c) in compositor.state.backend.output_counters() {
-        tracing::info!(output, frames = c.frames, zero_copy = c.zero_copy_elements, composited = c.composited_elements, "output counters");
+        tracing::info!(
+            output,
+            frames = c.frames,
+            zero_copy = c.zero_copy_elements,
+            composited = c.composited_elements,
+            bytes_copied = c.bytes_copied,
+            "output counters"
+        );
     }
     Ok(match exit {
         Exit::FramesDone => 0,

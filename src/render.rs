@@ -7,7 +7,7 @@ use std::time::Duration;
 use smithay::backend::allocator::Fourcc;
 use smithay::backend::renderer::element::solid::{SolidColorBuffer, SolidColorRenderElement};
 use smithay::backend::renderer::element::surface::WaylandSurfaceRenderElement;
-use smithay::backend::renderer::element::{render_elements, AsRenderElements, Kind, RenderElementStates};
+use smithay::backend::renderer::element::{render_elements, Kind, RenderElementStates};
 use smithay::backend::renderer::{ExportMem, ImportAll, ImportMem, Renderer, Texture};
 use smithay::desktop::utils::{
     surface_presentation_feedback_flags_from_states, surface_primary_scanout_output, update_surface_primary_scanout_output,
@@ -18,7 +18,13 @@ use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_pre
 use smithay::utils::{Buffer as BufferCoords, Monotonic, Physical, Point, Rectangle, Scale, Time};
 use smithay::wayland::presentation::Refresh;
 
+use smithay::backend::renderer::utils::RendererSurfaceStateUserData;
+use smithay::desktop::PopupManager;
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+use smithay::wayland::compositor::{with_surface_tree_downward, SurfaceData, TraversalAction};
+
 use crate::backend::Backend;
+use crate::path::cpu_copy::CopiedSurfaceElement;
 use crate::core::Core;
 
 /// Desktop background where no window is.
@@ -47,6 +53,7 @@ render_elements! {
     /// Everything an output can show.
     pub OutputElement<R> where R: ImportAll + ImportMem;
     Surface = WaylandSurfaceRenderElement<R>,
+    Copied = CopiedSurfaceElement<R>,
     Decoration = SolidColorRenderElement,
 }
 
@@ -56,7 +63,7 @@ pub fn output_elements<B, R>(renderer: &mut R, core: &Core<B>, output: &Output) 
 where
     B: Backend,
     R: Renderer + ImportAll + ImportMem,
-    R::TextureId: Clone + Texture + 'static,
+    R::TextureId: Clone + Texture + Send + 'static,
 {
     let Some(output_geo) = core.space.output_geometry(output) else { return Vec::new() };
     let scale = Scale::from(output.current_scale().fractional_scale());
@@ -64,12 +71,15 @@ where
     for window in core.space.elements().rev() {
         let Some(loc) = core.space.element_location(window) else { continue };
         let render_loc = (loc - window.geometry().loc - output_geo.loc).to_physical_precise_round(scale);
-        elements.extend(
-            window
-                .render_elements::<WaylandSurfaceRenderElement<R>>(renderer, render_loc, scale, 1.0)
-                .into_iter()
-                .map(OutputElement::Surface),
-        );
+        if let Some(toplevel) = window.toplevel() {
+            let surface = toplevel.wl_surface();
+            // Popups above their window, as smithay's Window orders them.
+            for (popup, offset) in PopupManager::popups_for_surface(surface) {
+                let at = render_loc + (window.geometry().loc + offset - popup.geometry().loc).to_physical_precise_round(scale);
+                surface_tree_elements(renderer, popup.wl_surface(), at, scale, &mut elements);
+            }
+            surface_tree_elements(renderer, surface, render_loc, scale, &mut elements);
+        }
         if let Some((rect, focused)) = core.titlebar(window) {
             let buffer = window.user_data().get_or_insert(|| RefCell::new(SolidColorBuffer::default()));
             let mut buffer = buffer.borrow_mut();
@@ -85,6 +95,42 @@ where
         }
     }
     elements
+}
+
+/// One surface tree's elements, topmost first: each surface is drawn from its buffer, or from
+/// the CpuCopy executor's shadow when its buffer's plan says CpuCopy. Mirrors smithay's
+/// `render_elements_from_surface_tree`, which can't make that substitution.
+fn surface_tree_elements<R>(renderer: &mut R, root: &WlSurface, location: Point<i32, Physical>, scale: Scale<f64>, out: &mut Vec<OutputElement<R>>)
+where
+    R: Renderer + ImportAll + ImportMem,
+    R::TextureId: Clone + Texture + Send + 'static,
+{
+    let offset = |states: &SurfaceData, location: Point<f64, Physical>| -> Option<Point<f64, Physical>> {
+        let data = states.data_map.get::<RendererSurfaceStateUserData>()?;
+        let view = data.lock().unwrap_or_else(|e| e.into_inner()).view()?;
+        Some(location + view.offset.to_f64().to_physical(scale))
+    };
+    with_surface_tree_downward(
+        root,
+        location.to_f64(),
+        |_, states, location| match offset(states, *location) {
+            Some(location) => TraversalAction::DoChildren(location),
+            None => TraversalAction::SkipChildren,
+        },
+        |surface, states, location| {
+            let Some(location) = offset(states, *location) else { return };
+            if let Some(copied) = crate::path::cpu_copy::element(renderer, surface, states, location) {
+                out.push(OutputElement::Copied(copied));
+                return;
+            }
+            match WaylandSurfaceRenderElement::from_surface(renderer, surface, states, location, 1.0, Kind::Unspecified) {
+                Ok(Some(element)) => out.push(OutputElement::Surface(element)),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(%err, "surface not imported"),
+            }
+        },
+        |_, _, _| true,
+    );
 }
 
 /// Work that follows a presented frame: record which output each surface is mainly shown on,

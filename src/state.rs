@@ -40,6 +40,7 @@ impl<B: Backend> CompositorHandler for State<B> {
 
     fn commit(&mut self, surface: &WlSurface) {
         on_commit_buffer_handler::<Self>(surface);
+        self.run_cpu_copy(surface);
         if !is_sync_subsurface(surface) {
             let mut root = surface.clone();
             while let Some(parent) = get_parent(&root) {
@@ -54,6 +55,35 @@ impl<B: Backend> CompositorHandler for State<B> {
         self.core.popups.commit(surface);
         self.backend.surface_committed(surface);
         self.backend.schedule_redraw();
+    }
+}
+
+impl<B: Backend> State<B> {
+    /// The CpuCopy executor's turn in a commit: when the surface's buffer is planned CpuCopy
+    /// for the renderer, its damage is copied now; otherwise the surface is drawn as usual.
+    fn run_cpu_copy(&mut self, surface: &WlSurface) {
+        let dmabuf = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| {
+            s.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
+        })
+        .flatten();
+        let copy = dmabuf.filter(|d| {
+            self.backend.coherency().plans.get(d).is_some_and(|p| p.render.1.path == crate::coherency::Path::CpuCopy)
+        });
+        let Some(dmabuf) = copy else {
+            crate::path::cpu_copy::deactivate(surface);
+            return;
+        };
+        match crate::path::cpu_copy::copy_commit(surface, &dmabuf) {
+            Ok(copied) if copied.bytes > 0 => {
+                self.core.counters.cpu_copies += 1;
+                self.core.counters.bytes_copied += copied.bytes;
+                let outputs = self.core.outputs_showing(surface);
+                self.backend.surface_copied(&outputs, copied.bytes);
+                tracing::trace!(bytes = copied.bytes, rects = copied.rects, "cpu copy");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "cpu copy failed; the surface keeps its previous content"),
+        }
     }
 }
 

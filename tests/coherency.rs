@@ -103,6 +103,19 @@ fn vm_vkms_vgem_virtio_gpu() {
     assert_eq!(path_of("vm", "udmabuf", "scanout card2"), Path::Composite);
 }
 
+/// Implicit-modifier buffers are read as linear only where no device could have tiled them.
+#[test]
+fn implicit_modifier_is_linear_only_where_every_device_allocates_linearly() {
+    let vm = natural("vm").implicit_modifier_linear();
+    assert!(vm.value, "{vm}");
+    assert!(vm.to_string().contains("vkms") && vm.to_string().contains("virtio_gpu"), "{vm}");
+    for name in ["x86-laptop", "imx8", "rpi"] {
+        let fact = natural(name).implicit_modifier_linear();
+        assert!(!fact.value, "{name}: {fact}");
+        assert!(fact.to_string().contains("implicit-modifier layout is unknown"), "{name}: {fact}");
+    }
+}
+
 #[test]
 fn inspect_prints_the_fixture_machine() {
     let out = Command::new(env!("CARGO_BIN_EXE_cohere"))
@@ -162,11 +175,13 @@ fn arb_exporter() -> impl Strategy<Value = ExporterFacts> {
 }
 
 fn arb_consumer(access: Access) -> impl Strategy<Value = ConsumerFacts> {
-    (any::<bool>(), any::<bool>(), arb_source()).prop_map(move |(snoops, imports, s)| ConsumerFacts {
+    (any::<bool>(), any::<bool>(), any::<bool>(), arb_source()).prop_map(move |(snoops, imports, cpu, s)| ConsumerFacts {
         name: "c".into(),
         access,
         snoops: Fact::new(snoops, s.clone()),
         imports_foreign: Fact::new(imports, s),
+        // Only a renderer can be a CPU one; scanout is always a device.
+        through_cpu: cpu && access == Access::Sample,
     })
 }
 
@@ -188,6 +203,10 @@ proptest! {
             // Maintenance only where the exporter's SYNC does it.
             if d.path == Path::DirectWithMaintenance {
                 prop_assert!(exporter.syncs_attachments.value && exporter.memory.value == MemoryType::Cached);
+            }
+            // A CPU renderer reads only cached memory itself; it copies anything else.
+            if c.through_cpu && exporter.memory.value != MemoryType::Cached {
+                prop_assert!(!d.path.reads_buffer(), "{:?}", d);
             }
             // A device that can't import never reads the buffer itself.
             if !c.imports_foreign.value {

@@ -82,7 +82,7 @@ pub struct FrameReport {
 impl<R, T> Swapchains<R, T>
 where
     R: Renderer + ImportAll + ImportMem + ImportDma + ExportMem + Bind<T> + Offscreen<T>,
-    R::TextureId: Clone + Texture + 'static,
+    R::TextureId: Clone + Texture + Send + 'static,
     R::Error: std::fmt::Display,
 {
     fn add_output(&mut self, output: &Output) -> Result<(), HeadlessError> {
@@ -188,15 +188,16 @@ impl Headless {
                 outputs: Vec::new(),
             }),
         };
-        let formats: Vec<_> = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
-        let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device })
-            .map_err(|e| HeadlessError::Render(e.to_string()))?;
         // Both headless renderers read client buffers through CPU mappings.
         let name = match kind {
             RendererKind::Pixman => "pixman",
             RendererKind::Gles => "llvmpipe",
         };
         let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu(name.into())));
+        let formats: Vec<_> = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
+        let implicit_modifier = super::implicit_modifier(&coherency);
+        let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device, implicit_modifier })
+            .map_err(|e| HeadlessError::Render(e.to_string()))?;
         tracing::info!(renderer = ?kind, "headless backend ready");
         Ok(Self { renderer, import, coherency })
     }

@@ -16,6 +16,10 @@ pub trait Backend: Sized + 'static {
     /// the surface's dma-buf feedback here.
     fn surface_committed(&mut self, _surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) {}
 
+    /// The CpuCopy executor copied `bytes` of a surface shown on `outputs` (topmost first);
+    /// backends with per-output counters book them on the first.
+    fn surface_copied(&mut self, _outputs: &[smithay::output::Output], _bytes: u64) {}
+
     /// Per-output counters, by output name (KMS outputs; headless has none to report).
     fn output_counters(&self) -> Vec<(String, OutputCounters)> {
         Vec::new()
@@ -31,4 +35,18 @@ pub struct OutputCounters {
     pub zero_copy_elements: u64,
     /// Surfaces drawn by the renderer (composited), summed over frames.
     pub composited_elements: u64,
+    /// Bytes the CpuCopy executor copied out of client buffers shown here.
+    pub bytes_copied: u64,
+}
+
+/// What the implicit modifier means on this machine, from the coherency facts: linear when
+/// every device allocates it so, refused otherwise.
+pub(crate) fn implicit_modifier(coherency: &crate::coherency::CoherencyState) -> crate::import::ImplicitModifier {
+    let fact = coherency.machine.implicit_modifier_linear();
+    tracing::info!(linear = %fact, "implicit modifier");
+    if fact.value {
+        crate::import::ImplicitModifier::AsLinear
+    } else {
+        crate::import::ImplicitModifier::Refuse
+    }
 }

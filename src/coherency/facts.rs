@@ -133,6 +133,9 @@ pub struct DeviceFacts {
     pub scanout_snoops: Fact<bool>,
     pub imports_foreign: Fact<bool>,
     pub renders: Fact<bool>,
+    /// Buffers this driver allocates without an explicit modifier (DRM_FORMAT_MOD_INVALID)
+    /// are always linear: it has no tiled layouts.
+    pub implicit_linear: Fact<bool>,
     /// Has connectors: a display (KMS) device.
     pub kms: bool,
     pub render_node: Option<String>,
@@ -158,6 +161,9 @@ pub struct ConsumerFacts {
     pub access: Access,
     pub snoops: Fact<bool>,
     pub imports_foreign: Fact<bool>,
+    /// Reads through a CPU mapping (a CPU renderer such as pixman), on every repaint that
+    /// touches the buffer, rather than with a device's DMA.
+    pub through_cpu: bool,
 }
 
 /// Which renderer cohere composites with.
@@ -189,6 +195,7 @@ impl MachineFacts {
                     access: Access::Sample,
                     snoops: d.render_snoops.clone(),
                     imports_foreign: d.imports_foreign.clone(),
+                    through_cpu: false,
                 },
                 None => Self::cpu_renderer(&format!("{card} (missing)")),
             },
@@ -203,6 +210,7 @@ impl MachineFacts {
             access: Access::Sample,
             snoops: Fact::new(true, source.clone()),
             imports_foreign: Fact::new(true, source),
+            through_cpu: true,
         }
     }
 
@@ -216,8 +224,23 @@ impl MachineFacts {
                 access: Access::Scanout,
                 snoops: d.scanout_snoops.clone(),
                 imports_foreign: d.imports_foreign.clone(),
+                through_cpu: false,
             })
             .collect()
+    }
+
+    /// Whether a buffer with the implicit modifier (DRM_FORMAT_MOD_INVALID) can be read as
+    /// linear. A "drm" dma-buf doesn't say which device allocated it, so this holds only when
+    /// every DRM device here lays out implicit-modifier buffers linearly (CPU exporters such as
+    /// udmabuf have no layout of their own). With no device at all, nobody could have tiled it.
+    pub fn implicit_modifier_linear(&self) -> Fact<bool> {
+        match self.devices.iter().find(|d| !d.implicit_linear.value) {
+            Some(d) => Fact::new(false, d.implicit_linear.source.clone()),
+            None => {
+                let names: Vec<&str> = self.devices.iter().map(|d| d.driver.value.as_str()).collect();
+                Fact::new(true, Source::Default { rule: format!("every DRM device ({}) allocates implicit-modifier buffers linearly", names.join(", ")) })
+            }
+        }
     }
 
     pub fn cpu_consumer() -> ConsumerFacts {
@@ -227,6 +250,7 @@ impl MachineFacts {
             access: Access::CpuRead,
             snoops: Fact::new(true, source.clone()),
             imports_foreign: Fact::new(true, source),
+            through_cpu: true,
         }
     }
 }

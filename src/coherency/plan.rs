@@ -4,6 +4,7 @@
 //! | memory         | consumer snoops | exporter syncs | path                                 |
 //! |----------------|-----------------|----------------|--------------------------------------|
 //! | any            | can't import    | –              | fallback                             |
+//! | not cached     | CPU renderer    | –              | CpuCopy (read once per damage)       |
 //! | device (GPU)   | –               | –              | Direct (client followed feedback)    |
 //! | WC / uncached  | –               | –              | Direct                               |
 //! | cached         | yes             | –              | Direct                               |
@@ -15,6 +16,11 @@
 //! without one the consumer is Reject. The CPU itself reads Direct (its SYNC bracket handles
 //! device writes) when the exporter can be mapped. A CPU copy fixes CPU↔device incoherency
 //! because it brackets its own access; it never claims to fix device-to-device incoherency.
+//!
+//! A CPU renderer (pixman) reads a buffer through a CPU mapping on every repaint that touches
+//! it: overlapping windows, moves, every output the window is on. GPU, write-combined and
+//! uncached memory is slow to read that way, so such buffers are copied instead, each damaged
+//! pixel once per commit, into cached memory the renderer composites from.
 
 use std::fmt;
 
@@ -80,6 +86,9 @@ pub fn plan(exporter: &ExporterFacts, consumer: &ConsumerFacts, render: Option<&
         format!("{} can't import dma-bufs from other exporters ({})", consumer.name, consumer.imports_foreign.source)
     } else {
         match mem.value {
+            MemoryType::Device | MemoryType::WriteCombined | MemoryType::Uncached if consumer.through_cpu => {
+                format!("{exp} memory is {mem}; {} reads through the CPU on every repaint", consumer.name)
+            }
             MemoryType::Device => {
                 return decide(Path::Direct, format!("{exp} is GPU memory ({}), allocated per dma-buf feedback", mem.source))
             }

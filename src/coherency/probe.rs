@@ -202,6 +202,9 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
         let renders = quirks.renders(d).unwrap_or_else(|| {
             Fact::new(render_node.is_some(), sysfs(&device.join("drm")))
         });
+        let implicit_linear = quirks.implicit_linear(d).unwrap_or_else(|| {
+            Fact::new(false, Source::Default { rule: format!("{d}'s implicit-modifier layout is unknown") })
+        });
         devices.push(DeviceFacts {
             name: card.clone(),
             render_snoops: quirks.render_snoops(d).unwrap_or_else(|| default_snoops.clone()),
@@ -211,6 +214,7 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
             dt_dma_coherent,
             imports_foreign,
             renders,
+            implicit_linear,
             kms,
             render_node,
         });

@@ -38,6 +38,7 @@ struct DriverEntry {
     scanout_snoops: Option<Spanned<bool>>,
     imports_foreign: Option<Spanned<bool>>,
     renders: Option<Spanned<bool>>,
+    implicit_linear: Option<Spanned<bool>>,
 }
 
 /// A config or quirk file that can't be used, with where and what.
@@ -157,6 +158,9 @@ impl Quirks {
     }
     pub fn renders(&self, driver: &str) -> Option<Fact<bool>> {
         self.lookup(|f| f.driver.get(driver)?.renders.as_ref())
+    }
+    pub fn implicit_linear(&self, driver: &str) -> Option<Fact<bool>> {
+        self.lookup(|f| f.driver.get(driver)?.implicit_linear.as_ref())
     }
 
     /// Every exporter named in any layer, sorted.

@@ -55,7 +55,9 @@ impl Report {
             let _ = writeln!(out, "    scanout snoops   {}", d.scanout_snoops);
             let _ = writeln!(out, "    imports foreign  {}", d.imports_foreign);
             let _ = writeln!(out, "    can render       {}", d.renders);
+            let _ = writeln!(out, "    implicit linear  {}", d.implicit_linear);
         }
+        let _ = writeln!(out, "\nimplicit modifier read as linear: {}", m.implicit_modifier_linear());
         let _ = writeln!(out, "\nexporters:");
         for e in &self.exporters {
             let _ = writeln!(out, "  {}: memory {}, syncs attachments {}, cpu mappable {}", e.name.value, e.memory, e.syncs_attachments, e.cpu_mappable);

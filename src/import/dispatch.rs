@@ -124,7 +124,8 @@ where
 /// Validates and test-imports; the answer depends on create vs create_immed.
 fn build<D: ImportHandler>(state: &mut D, params: &ZwpLinuxBufferParamsV1, data: &ParamsData, req: CreateRequest) -> Result<Dmabuf, Rejection> {
     let formats = state.import_state().formats().to_vec();
-    let result = data.0.lock().unwrap_or_else(|e| e.into_inner()).create(req, &formats);
+    let implicit = state.import_state().implicit_modifier();
+    let result = data.0.lock().unwrap_or_else(|e| e.into_inner()).create(req, &formats, implicit);
     let dmabuf = result?;
     state.import_buffer(&dmabuf).map_err(|reason| Rejection::Failed(reason.0))?;
     tracing::debug!(params = %params.id(), w = req.width, h = req.height, format = ?dmabuf_format(&dmabuf), "dma-buf imported");

@@ -41,6 +41,7 @@
 //!     formats: vec![Format { code: Fourcc::Xrgb8888, modifier: Modifier::Linear }],
 //!     // The render node's dev_t enables versions 4 and 5 (feedback).
 //!     main_device: None,
+//!     implicit_modifier: Default::default(),
 //! };
 //! let import = ImportState::new::<MyState>(&display.handle(), config).unwrap();
 //! let _state = MyState { import };
@@ -52,7 +53,7 @@ pub mod format;
 pub mod params;
 
 use smithay::backend::allocator::dmabuf::Dmabuf;
-use smithay::backend::allocator::Format;
+use smithay::backend::allocator::{Format, Modifier};
 use smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_feedback_v1::ZwpLinuxDmabufFeedbackV1;
 use smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_v1::ZwpLinuxDmabufV1;
 use smithay::reexports::wayland_server::backend::GlobalId;
@@ -72,6 +73,23 @@ pub struct ImportConfig {
     /// dev_t of the main (render) device. With one, versions 4 and 5 (feedback) are offered;
     /// without, version 3 (format and modifier events).
     pub main_device: Option<u64>,
+    /// What a buffer with the implicit modifier (DRM_FORMAT_MOD_INVALID) means here.
+    pub implicit_modifier: ImplicitModifier,
+}
+
+/// The implicit modifier says "the layout the allocating driver uses by default". Only the
+/// machine facts can say what that is, so the embedder decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImplicitModifier {
+    /// Not advertised; a buffer with it is an INVALID_FORMAT error.
+    #[default]
+    Refuse,
+    /// Every device here allocates it linearly (see
+    /// [`MachineFacts::implicit_modifier_linear`](crate::coherency::MachineFacts::implicit_modifier_linear)):
+    /// it is advertised next to each LINEAR format, validated as linear, and the buffer is
+    /// handed on as LINEAR, so renderers that only read linear memory (pixman) can import it.
+    /// Clients on drivers without modifier support (Mesa's kms_swrast) need this.
+    AsLinear,
 }
 
 /// Why the import hook refused a validated buffer; the client gets `failed` (create) or
@@ -100,6 +118,7 @@ pub struct ImportState {
     global: GlobalId,
     version: u32,
     table: FormatTable,
+    implicit_modifier: ImplicitModifier,
     default_feedback: Option<Feedback>,
     surface_feedbacks: Vec<(Weak<ZwpLinuxDmabufFeedbackV1>, Weak<WlSurface>, Option<Feedback>)>,
     pub counters: ImportCounters,
@@ -124,18 +143,30 @@ impl ImportState {
     where
         D: GlobalDispatch<ZwpLinuxDmabufV1, ImportGlobalData> + ImportHandler + 'static,
     {
-        let formats: Vec<Format> = config.formats.into_iter().filter(|f| format::layout(f.code).is_some()).collect();
+        let mut formats: Vec<Format> = config.formats.into_iter().filter(|f| format::layout(f.code).is_some()).collect();
+        if config.implicit_modifier == ImplicitModifier::AsLinear {
+            let implicit = formats
+                .iter()
+                .filter(|f| f.modifier == Modifier::Linear)
+                .map(|f| Format { code: f.code, modifier: Modifier::Invalid })
+                .collect::<Vec<_>>();
+            formats.extend(implicit);
+        }
         let table = FormatTable::new(&formats)?;
         let version = if config.main_device.is_some() { 5 } else { 3 };
         let default_feedback = config.main_device.map(|dev| Feedback::render_only(dev, table.formats()));
         let global = display.create_global::<D, ZwpLinuxDmabufV1, _>(version, ImportGlobalData { _private: () });
         tracing::info!(version, formats = table.formats().len(), main_device = ?config.main_device, "linux-dmabuf global");
-        Ok(Self { global, version, table, default_feedback, surface_feedbacks: Vec::new(), counters: ImportCounters::default() })
+        Ok(Self { global, version, table, implicit_modifier: config.implicit_modifier, default_feedback, surface_feedbacks: Vec::new(), counters: ImportCounters::default() })
     }
 
     /// The advertised (format, modifier) pairs, in format-table order.
     pub fn formats(&self) -> &[Format] {
         self.table.formats()
+    }
+
+    pub fn implicit_modifier(&self) -> ImplicitModifier {
+        self.implicit_modifier
     }
 
     pub fn version(&self) -> u32 {

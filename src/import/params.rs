@@ -12,6 +12,7 @@ use smithay::backend::allocator::{Format, Fourcc, Modifier};
 use smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_buffer_params_v1::Error as ParamsError;
 
 use super::format::layout;
+use super::ImplicitModifier;
 use crate::coherency::DmabufFdInfo;
 
 /// Most planes a buffer can have (the protocol's plane_idx range).
@@ -86,8 +87,9 @@ impl Params {
     }
 
     /// Handles `create`/`create_immed`: validates everything and builds the smithay `Dmabuf`
-    /// with its planes in plane_idx order. `advertised` is the (format, modifier) table.
-    pub fn create(&mut self, req: CreateRequest, advertised: &[Format]) -> Result<Dmabuf, Rejection> {
+    /// with its planes in plane_idx order. `advertised` is the (format, modifier) table; an
+    /// advertised implicit modifier is validated and built as LINEAR when `implicit` says so.
+    pub fn create(&mut self, req: CreateRequest, advertised: &[Format], implicit: ImplicitModifier) -> Result<Dmabuf, Rejection> {
         if self.used {
             return Err(Rejection::protocol(ParamsError::AlreadyUsed, "params already used to create a buffer"));
         }
@@ -148,6 +150,10 @@ impl Params {
         }
 
         let flags = if req.flags & FLAG_Y_INVERT != 0 { DmabufFlags::Y_INVERT } else { DmabufFlags::empty() };
+        let modifier = match (modifier, implicit) {
+            (Modifier::Invalid, ImplicitModifier::AsLinear) => Modifier::Linear,
+            (m, _) => m,
+        };
         let mut builder = Dmabuf::builder((req.width, req.height), fourcc, modifier, flags);
         for (idx, plane) in planes.into_iter().enumerate() {
             builder.add_plane(plane.fd, idx as u32, plane.offset, plane.stride);

@@ -175,6 +175,16 @@ impl<B: Backend> Core<B> {
             .cloned()
     }
 
+    /// The outputs showing `surface`'s window, topmost-first as the space orders them
+    /// (subsurfaces count as their root's; a popup's surface has none of its own).
+    pub fn outputs_showing(&self, surface: &WlSurface) -> Vec<smithay::output::Output> {
+        let mut root = surface.clone();
+        while let Some(parent) = smithay::wayland::compositor::get_parent(&root) {
+            root = parent;
+        }
+        self.window_for_surface(&root).map(|w| self.space.outputs_for_element(&w)).unwrap_or_default()
+    }
+
     /// The server-side title bar of a desktop window, as (rectangle, focused) in global logical
     /// coordinates. Kiosk and fullscreen windows get none.
     pub fn titlebar(&self, window: &Window) -> Option<(Rectangle<i32, Logical>, bool)> {

@@ -75,8 +75,12 @@ pub struct Server {
 
 impl Server {
     pub fn new(main_device: Option<u64>) -> Self {
+        Self::with_implicit(main_device, Default::default())
+    }
+
+    pub fn with_implicit(main_device: Option<u64>, implicit_modifier: cohere::import::ImplicitModifier) -> Self {
         let display = Display::<ServerState>::new().expect("display");
-        let import = ImportState::new::<ServerState>(&display.handle(), ImportConfig { formats: test_formats(), main_device })
+        let import = ImportState::new::<ServerState>(&display.handle(), ImportConfig { formats: test_formats(), main_device, implicit_modifier })
             .expect("import state");
         Server { display, state: ServerState { import, accepted: Vec::new(), destroyed_buffers: 0 } }
     }

@@ -39,6 +39,41 @@ fn xrgb(width: i32, height: i32) -> (u64, u32) {
     ((width * height * 4) as u64, (width * 4) as u32)
 }
 
+const IMPLICIT: u64 = 0x00ff_ffff_ffff_ffff;
+
+/// The implicit modifier is refused unless the embedder says it means linear here; then it is
+/// advertised next to every LINEAR format and validated with the linear bounds checks.
+#[test]
+fn implicit_modifier_is_refused_or_validated_as_linear() {
+    let refused = error_from(|_, p| {
+        add(p, memfd(4096).as_fd(), 0, 0, 64, IMPLICIT);
+        p.create(16, 16, XRGB8888, Flags::empty());
+    });
+    assert_eq!(refused, INVALID_FORMAT);
+
+    let mut server = Server::with_implicit(None, cohere::import::ImplicitModifier::AsLinear);
+    let mut client = server.connect(3);
+    let linear: Vec<u32> = client.state.modifiers.iter().filter(|m| m.1 == LINEAR).map(|m| m.0).collect();
+    let implicit: Vec<u32> = client.state.modifiers.iter().filter(|m| m.1 == IMPLICIT).map(|m| m.0).collect();
+    assert!(!linear.is_empty());
+    assert_eq!(linear, implicit, "the implicit modifier goes with every LINEAR format");
+
+    // Passes format validation; a memfd isn't a dma-buf, so it ends in `failed`.
+    let (size, stride) = xrgb(16, 16);
+    let params = client.params(1);
+    add(&params, memfd(size).as_fd(), 0, 0, stride, IMPLICIT);
+    params.create(16, 16, XRGB8888, Flags::empty());
+    server.roundtrip(&mut client);
+    assert_eq!((client.error().map(|e| e.code), client.state.failed.clone()), (None, vec![1]));
+
+    // Linear bounds checks apply: 16 rows of 64 bytes don't fit in 512.
+    let params = client.params(2);
+    add(&params, memfd(512).as_fd(), 0, 0, stride, IMPLICIT);
+    params.create(16, 16, XRGB8888, Flags::empty());
+    server.roundtrip(&mut client);
+    assert_eq!(client.error().map(|e| e.code), Some(OUT_OF_BOUNDS));
+}
+
 #[test]
 fn already_used_after_create() {
     let code = error_from(|c, p| {

@@ -32,6 +32,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         ("override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact", override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact),
         ("cohere_inspect_reports_the_real_devices", cohere_inspect_reports_the_real_devices),
         ("weston_simple_dmabuf_feedback_receives_cohere_feedback", weston_simple_dmabuf_feedback_receives_cohere_feedback),
+        ("cpu_copy_copies_only_the_damage_of_a_vgem_buffer", cpu_copy_copies_only_the_damage_of_a_vgem_buffer),
     ]
 }
 
@@ -165,38 +166,97 @@ const CLIENT_SIZE: (i32, i32) = (256, 128);
 /// Runs `cohere --headless --kiosk` with the udmabuf client, checks the screenshot pixel for
 /// pixel and returns cohere's log (RUST_LOG=cohere=debug).
 fn run_cohere_with_udmabuf_client(extra: &[&str], shot: &str) -> Result<String, String> {
+    let expected = test_image(CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
+    run_cohere_with_client(ClientRun { extra, env: &[], shot, frames: 240, presented: "udmabuf buffer presented" }, &expected)
+}
+
+/// One headless run of cohere with the test client as its app.
+struct ClientRun<'a> {
+    extra: &'a [&'a str],
+    /// Environment for the client (COHERE_CLIENT_SOURCE, COHERE_CLIENT_DAMAGE).
+    env: &'a [(&'a str, &'a str)],
+    shot: &'a str,
+    /// The screenshot is taken, and cohere exits, after this many frames at 480 Hz.
+    frames: u32,
+    /// The client's line that must precede the screenshot.
+    presented: &'a str,
+}
+
+fn run_cohere_with_client(run: ClientRun<'_>, expected: &[u32]) -> Result<String, String> {
     let me = std::env::current_exe().check("current exe")?;
+    let frames = run.frames.to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_cohere"))
         .args(["--headless", "--kiosk", "--size", &format!("{}x{}", CLIENT_SIZE.0, CLIENT_SIZE.1)])
-        .args(["--refresh", "480", "--screenshot", shot])
-        .args(["--after-frames", "240", "--exit-after-frames", "240"])
-        .args(extra)
+        .args(["--refresh", "480", "--screenshot", run.shot])
+        .args(["--after-frames", &frames, "--exit-after-frames", &frames])
+        .args(run.extra)
         .arg("--")
         .arg(me)
         .arg(CLIENT_MODE)
         .env("RUST_LOG", "warn,cohere=debug")
+        .envs(run.env.iter().copied())
         .output()
         .check("running cohere")?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     ensure_eq!(out.status.code(), Some(0), "cohere exit status; stderr:\n{stderr}");
-    if !stderr.contains("udmabuf buffer presented") {
-        return Err(format!("the client's buffer was never presented before the screenshot:\n{stderr}"));
+    let (Some(presented), Some(shot)) = (stderr.find(run.presented), stderr.find("screenshot written")) else {
+        return Err(format!("no {:?} or no screenshot:\n{stderr}", run.presented));
+    };
+    if presented > shot {
+        return Err(format!("the screenshot was taken before {:?}:\n{stderr}", run.presented));
     }
-    let file = std::fs::File::open(shot).check("screenshot")?;
+    let file = std::fs::File::open(run.shot).check("screenshot")?;
     let mut reader = png::Decoder::new(file).read_info().check("png")?;
     let mut rgba = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut rgba).check("png frame")?;
     ensure_eq!((info.width, info.height), (CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32), "screenshot size");
-    let expected = test_image(CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
     let mut wrong = 0;
-    for (px, want) in rgba.chunks_exact(4).zip(&expected) {
+    let mut first = None;
+    for (i, (px, want)) in rgba.chunks_exact(4).zip(expected).enumerate() {
         let want = [(want >> 16) as u8, (want >> 8) as u8, *want as u8, 0xff];
         if px != want {
             wrong += 1;
+            first.get_or_insert((i as i32 % CLIENT_SIZE.0, i as i32 / CLIENT_SIZE.0, px.to_vec(), want));
         }
     }
-    ensure_eq!(wrong, 0, "screenshot pixels that differ from the udmabuf contents");
+    ensure_eq!(wrong, 0, "screenshot pixels that differ from the client's buffer contents (first: {first:?})");
     Ok(stderr)
+}
+
+/// `test_image` with every colour inverted: what the client's second buffer holds.
+pub fn alt_image(w: u32, h: u32) -> Vec<u32> {
+    test_image(w, h).into_iter().map(|p| !p & 0x00ff_ffff).collect()
+}
+
+/// A vgem buffer is a "drm" dma-buf: pixman (a CPU renderer) must not read it on every repaint,
+/// so the plan says CpuCopy. The client's second buffer holds a wholly different image but
+/// damages one rectangle: exactly that rectangle is copied (counted in bytes) and shown, the
+/// rest of the screen keeps the first buffer's copy.
+fn cpu_copy_copies_only_the_damage_of_a_vgem_buffer() -> Result<(), String> {
+    let (x, y, w, h) = (32u32, 16u32, 64u32, 32u32);
+    let (cw, ch) = (CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
+    let (first, second) = (test_image(cw, ch), alt_image(cw, ch));
+    let expected: Vec<u32> = (0..cw * ch)
+        .map(|i| {
+            let (px, py) = (i % cw, i / cw);
+            let inside = (x..x + w).contains(&px) && (y..y + h).contains(&py);
+            if inside { second[i as usize] } else { first[i as usize] }
+        })
+        .collect();
+    let damage = format!("{x},{y},{w},{h}");
+    let env = [("COHERE_CLIENT_SOURCE", "vgem"), ("COHERE_CLIENT_DAMAGE", damage.as_str())];
+    let run = ClientRun { extra: &[], env: &env, shot: "/tmp/cohere-cpu-copy.png", frames: 720, presented: "damage presented" };
+    let log = run_cohere_with_client(run, &expected)?;
+    let plan = log.lines().find(|l| l.contains("buffer plan") && l.contains("exporter=drm")).ok_or(format!("no drm plan:\n{log}"))?;
+    if !plan.contains("render (pixman): CpuCopy") {
+        return Err(format!("plan: {plan}"));
+    }
+    let copies = log.lines().find(|l| l.contains("cpu copies")).ok_or(format!("no cpu copies line:\n{log}"))?;
+    let want = format!("copies=2 bytes={}", cw * ch * 4 + w * h * 4);
+    if !copies.contains(&want) {
+        return Err(format!("expected {want}: {copies}"));
+    }
+    Ok(())
 }
 
 /// The import log's plan line for the udmabuf.
@@ -305,9 +365,21 @@ fn run_udmabuf_client(size: (i32, i32), title: &str, desktop: bool) -> Result<()
         ensure_eq!((configure.width, configure.height), size, "kiosk configure");
     }
     let (w, h) = (size.0 as u32, size.1 as u32);
-    let bytes: Vec<u8> = test_image(w, h).iter().flat_map(|p| p.to_le_bytes()).collect();
-    let buffer = udmabuf(bytes.len()).check("udmabuf")?;
-    buffer.write(&bytes).check("fill")?;
+    // COHERE_CLIENT_SOURCE=vgem: a PRIME-exported vgem buffer (fdinfo `drm`); else a udmabuf.
+    let vgem = match std::env::var("COHERE_CLIENT_SOURCE").as_deref() {
+        Ok("vgem") => Some(Card::open_driver("vgem").check("vgem")?),
+        _ => None,
+    };
+    let make = |pixels: Vec<u32>| -> Result<cohere::testkit::MappedDmabuf, String> {
+        let bytes: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let buffer = match &vgem {
+            Some(card) => vgem_buffer(card, w, h).check("vgem buffer")?,
+            None => udmabuf(bytes.len()).check("udmabuf")?,
+        };
+        buffer.write(&bytes).check("fill")?;
+        Ok(buffer)
+    };
+    let buffer = make(test_image(w, h))?;
     let fourcc = DrmFourcc::Xrgb8888 as u32;
     let wl_buffer = client.dmabuf_buffer(buffer.as_fd(), (size.0, size.1, w * 4), fourcc, 0, 1);
     window.surface.attach(Some(&wl_buffer), 0, 0);
@@ -322,6 +394,26 @@ fn run_udmabuf_client(size: (i32, i32), title: &str, desktop: bool) -> Result<()
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    // COHERE_CLIENT_DAMAGE=x,y,w,h: a second buffer with a different image everywhere, of which
+    // only that rectangle is declared damaged.
+    let damage: Option<Vec<i32>> = std::env::var("COHERE_CLIENT_DAMAGE").ok().map(|d| d.split(',').filter_map(|n| n.parse().ok()).collect());
+    let _second = match damage.as_deref() {
+        Some(&[x, y, dw, dh]) => {
+            let second = make(alt_image(w, h))?;
+            let wl_second = client.dmabuf_buffer(second.as_fd(), (size.0, size.1, w * 4), fourcc, 0, 1);
+            window.surface.attach(Some(&wl_second), 0, 0);
+            window.surface.damage_buffer(x, y, dw, dh);
+            client.presentation_feedback(&window.surface, 2);
+            window.surface.commit();
+            while client.state.presentations.len() < 2 {
+                client.blocking_roundtrip().check("waiting for the damage's presentation")?;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            eprintln!("damage presented");
+            Some((second, wl_second))
+        }
+        _ => None,
+    };
     // What the compositor now says about this surface (a scanout tranche when the buffer may go
     // on a plane), printed for the tests that run this client.
     if let Some(_feedback) = client.surface_feedback(&window.surface) {
@@ -370,8 +462,12 @@ fn weston_simple_dmabuf_feedback_receives_cohere_feedback() -> Result<(), String
     }
     let pairs: Vec<&str> = text.lines().filter(|l| l.contains("tranche format/modifier pair")).collect();
     ensure_eq!(pairs.len(), formats.len(), "pairs printed vs cohere's format table:\n{text}");
-    if !pairs.iter().all(|l| l.ends_with("modifier LINEAR (0x0)")) {
-        return Err(format!("non-LINEAR pair printed:\n{text}"));
+    // Every device in the VM allocates implicit-modifier buffers linearly, so each LINEAR format
+    // also comes with the implicit modifier (DRM_FORMAT_MOD_INVALID).
+    let linear = pairs.iter().filter(|l| l.ends_with("modifier LINEAR (0x0)")).count();
+    let implicit = pairs.iter().filter(|l| l.ends_with("(0xffffffffffffff)")).count();
+    if linear == 0 || linear != implicit || linear + implicit != pairs.len() {
+        return Err(format!("expected LINEAR and implicit pairs, one each per format:\n{text}"));
     }
     Ok(())
 }

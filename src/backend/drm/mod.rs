@@ -69,10 +69,11 @@ impl Drm {
         quirks: Quirks,
     ) -> Result<Self, DrmBackendError> {
         let renderer = PixmanRenderer::new().map_err(|e| DrmBackendError::Renderer(e.to_string()))?;
-        let formats: Vec<_> = renderer.dmabuf_formats().into_iter().collect();
-        let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device })
-            .map_err(|e| DrmBackendError::Import(e.to_string()))?;
         let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu("pixman".into())));
+        let formats: Vec<_> = renderer.dmabuf_formats().into_iter().collect();
+        let implicit_modifier = super::implicit_modifier(&coherency);
+        let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device, implicit_modifier })
+            .map_err(|e| DrmBackendError::Import(e.to_string()))?;
         Ok(Self { session, renderer, devices: HashMap::new(), import, coherency, handle, counters: HashMap::new(), only_device: None, busy: Default::default() })
     }
 
@@ -118,6 +119,12 @@ impl Backend for Drm {
         }
         let feedback = self.feedback_for(surface);
         self.import.update_surface_feedback(surface, feedback);
+    }
+
+    fn surface_copied(&mut self, outputs: &[Output], bytes: u64) {
+        if let Some(output) = outputs.first() {
+            self.counters.entry(output.name()).or_default().bytes_copied += bytes;
+        }
     }
 
     fn output_counters(&self) -> Vec<(String, OutputCounters)> {

@@ -153,7 +153,7 @@ impl Compositor<Headless> {
         let main_device = options.dmabuf_main_device.or_else(first_render_node);
         let quirks = options.coherency.load()?;
         let backend = Headless::new(options.renderer, &dh, main_device, quirks)?;
-        let mut core = Core::new(dh, options.shell);
+        let mut core = Core::new(dh, options.shell, event_loop.handle());
         let configs = if options.outputs.is_empty() { vec![OutputConfig::default()] } else { options.outputs.clone() };
         let mut outputs = Vec::new();
         for (i, config) in configs.iter().enumerate() {
@@ -374,6 +374,7 @@ impl<B: Backend> Compositor<B> {
             self.state.core.control.exit = Some(Exit::Failed);
         }
         self.reap_app();
+        self.state.core.prune_fence_waits();
         self.flush();
         self.state.core.control.exit
     }

@@ -9,7 +9,9 @@ use smithay::input::{Seat, SeatState};
 use smithay::output::{Mode, Output, PhysicalProperties, Scale, Subpixel};
 use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason};
 use smithay::reexports::wayland_server::protocol::wl_shm;
-use smithay::reexports::wayland_server::DisplayHandle;
+use smithay::reexports::calloop::{LoopHandle, RegistrationToken};
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+use smithay::reexports::wayland_server::{DisplayHandle, Resource, Weak};
 use smithay::utils::{Clock, Monotonic, Point, Size, Transform};
 use smithay::wayland::compositor::{CompositorClientState, CompositorState};
 use smithay::wayland::output::OutputManagerState;
@@ -56,6 +58,8 @@ pub struct Counters {
     /// Commits whose damage the CpuCopy executor copied, and the bytes it copied.
     pub cpu_copies: u64,
     pub bytes_copied: u64,
+    /// Commits held until their buffer's acquire fence signalled.
+    pub fence_waits: u64,
 }
 
 /// Per-client data smithay needs for every connection.
@@ -94,12 +98,46 @@ pub struct Core<B: Backend> {
     pub clock: Clock<Monotonic>,
     pub counters: Counters,
     pub control: crate::compositor::Control,
+    pub loop_handle: LoopHandle<'static, State<B>>,
+    /// Commits held for an acquire fence: (id, surface, the fence's event source). An entry
+    /// goes when its fence signals, or with its surface (so a disconnect frees every wait).
+    pub(crate) fence_waits: Vec<(u64, Weak<WlSurface>, RegistrationToken)>,
+    next_fence_wait: u64,
     outputs: Vec<(Output, OutputConfig, smithay::reexports::wayland_server::backend::GlobalId)>,
 }
 
 impl<B: Backend> Core<B> {
+    /// Remembers a commit held for an acquire fence; returns the id the fence's source passes
+    /// to [`Core::fence_signalled`].
+    pub(crate) fn fence_wait_started(&mut self, surface: &WlSurface, token: RegistrationToken) -> u64 {
+        self.next_fence_wait += 1;
+        self.counters.fence_waits += 1;
+        self.fence_waits.push((self.next_fence_wait, surface.downgrade(), token));
+        self.next_fence_wait
+    }
+
+    /// The fence of wait `id` signalled (its source removes itself).
+    pub(crate) fn fence_signalled(&mut self, id: u64) {
+        self.fence_waits.retain(|(i, _, _)| *i != id);
+    }
+
+    /// Drops the waits of surfaces that are gone (their client disconnected or destroyed
+    /// them): the fence's source and fd go with them, signalled or not.
+    pub fn prune_fence_waits(&mut self) {
+        let handle = self.loop_handle.clone();
+        self.fence_waits.retain(|(_, surface, token)| {
+            let alive = surface.upgrade().is_ok_and(|s| s.is_alive());
+            if !alive {
+                handle.remove(*token);
+            }
+            alive
+        });
+    }
+}
+
+impl<B: Backend> Core<B> {
     /// Creates every global cohere advertises except the backend-specific ones (linux-dmabuf).
-    pub fn new(display_handle: DisplayHandle, shell: ShellMode) -> Self {
+    pub fn new(display_handle: DisplayHandle, shell: ShellMode, loop_handle: LoopHandle<'static, State<B>>) -> Self {
         let dh = &display_handle;
         let clock = Clock::<Monotonic>::new();
         let mut seat_state = SeatState::new();
@@ -128,6 +166,9 @@ impl<B: Backend> Core<B> {
             shell: Shell::new(shell),
             clock,
             counters: Counters::default(),
+            loop_handle,
+            fence_waits: Vec::new(),
+            next_fence_wait: 0,
             control: Default::default(),
             outputs: Vec::new(),
         }

@@ -317,6 +317,7 @@ fn drive<B: Backend>(mut compositor: Compositor<B>, command: &[OsString]) -> any
     tracing::info!(buffers = counters.buffers, rejected = counters.rejected, paths = %paths.join(" "), "coherency plans made");
     let core = &compositor.state.core.counters;
     tracing::info!(copies = core.cpu_copies, bytes = core.bytes_copied, "cpu copies");
+    tracing::info!(commits_held = core.fence_waits, "acquire fences");
     for (output, c) in compositor.state.backend.output_counters() {
         tracing::info!(
             output,

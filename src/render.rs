@@ -123,6 +123,9 @@ where
                 out.push(OutputElement::Copied(copied));
                 return;
             }
+            if fenced_since_commit(states) {
+                return;
+            }
             match WaylandSurfaceRenderElement::from_surface(renderer, surface, states, location, 1.0, Kind::Unspecified) {
                 Ok(Some(element)) => out.push(OutputElement::Surface(element)),
                 Ok(None) => {}
@@ -131,6 +134,23 @@ where
         },
         |_, _, _| true,
     );
+}
+
+/// Commits wait for their dma-buf's acquire fence, so a committed buffer normally has none. One
+/// that gained a write fence afterwards (a client writing a buffer it handed over) would make
+/// the renderer's SYNC(START) wait on the event loop, or a plane hold back the whole CRTC: its
+/// surface is left out of the frame until the fence signals.
+fn fenced_since_commit(states: &SurfaceData) -> bool {
+    let Some(data) = states.data_map.get::<RendererSurfaceStateUserData>() else { return false };
+    let dmabuf = {
+        let data = data.lock().unwrap_or_else(|e| e.into_inner());
+        data.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
+    };
+    let fenced = dmabuf.is_some_and(|d| matches!(crate::sync::acquire(&d), crate::sync::Acquire::Wait(_)));
+    if fenced {
+        tracing::debug!("surface skipped: its buffer gained a write fence after the commit");
+    }
+    fenced
 }
 
 /// Work that follows a presented frame: record which output each surface is mainly shown on,

@@ -27,11 +27,19 @@ pub struct OutputCountersView {
     pub frames: u64,
     pub zero_copy_elements: u64,
     pub composited_elements: u64,
+    /// Older stats files lack it.
+    #[serde(default)]
+    pub bytes_copied: u64,
 }
 
 impl From<OutputCounters> for OutputCountersView {
     fn from(c: OutputCounters) -> Self {
-        Self { frames: c.frames, zero_copy_elements: c.zero_copy_elements, composited_elements: c.composited_elements }
+        Self {
+            frames: c.frames,
+            zero_copy_elements: c.zero_copy_elements,
+            composited_elements: c.composited_elements,
+            bytes_copied: c.bytes_copied,
+        }
     }
 }
 
@@ -66,9 +74,12 @@ impl Stats {
 
     /// The text `inspect --live` prints.
     pub fn text(&self) -> String {
-        let mut out = String::from("output            frames  zero-copy  composited\n");
+        let mut out = String::from("output            frames  zero-copy  composited  bytes-copied\n");
         for (name, c) in &self.outputs {
-            out += &format!("{name:<16} {:>7} {:>10} {:>11}\n", c.frames, c.zero_copy_elements, c.composited_elements);
+            out += &format!(
+                "{name:<16} {:>7} {:>10} {:>11} {:>13}\n",
+                c.frames, c.zero_copy_elements, c.composited_elements, c.bytes_copied
+            );
         }
         out += &format!("\nbuffers planned {}, rejected {}\n", self.buffers_planned, self.buffers_rejected);
         for (k, v) in &self.decisions {

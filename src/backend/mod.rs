@@ -50,3 +50,19 @@ pub(crate) fn implicit_modifier(coherency: &crate::coherency::CoherencyState) ->
         crate::import::ImplicitModifier::Refuse
     }
 }
+
+/// Whether the import hook should test-import `dmabuf` into the renderer. Only when the
+/// renderer will read the buffer itself (a CpuCopy buffer never reaches it), and only when no
+/// device is still writing it: pixman's import brackets a read with DMA_BUF_IOCTL_SYNC, which
+/// waits for the write fences and would block the event loop. Such a buffer is imported when
+/// first drawn, after its commit waited for the fence (see [`crate::sync::acquire`]).
+pub(crate) fn wants_test_import(plan: &crate::coherency::BufferPlan, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
+    if !plan.render.1.path.reads_buffer() {
+        return false;
+    }
+    let ready = matches!(crate::sync::acquire(dmabuf), crate::sync::Acquire::Ready);
+    if !ready {
+        tracing::debug!("test import deferred: the buffer's write fence hasn't signalled");
+    }
+    ready
+}

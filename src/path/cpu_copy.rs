@@ -36,6 +36,8 @@ pub enum CopyError {
     Map(rustix::io::Errno),
     #[error("DMA_BUF_IOCTL_SYNC: {0}")]
     Sync(String),
+    #[error("a device is writing the buffer again after its commit (a new write fence)")]
+    Fenced,
 }
 
 /// What one commit's copy did.
@@ -144,6 +146,11 @@ fn copy_rects(dmabuf: &Dmabuf, shadow: &mut MemoryRenderBuffer, rects: &[Rectang
     let _ = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0));
     if need > have {
         return Err(CopyError::Size { need, have });
+    }
+    // The commit waited for the buffer's acquire fence. A write fence added since would make
+    // SYNC(START) wait for it, on the event loop: refuse instead.
+    if matches!(crate::sync::acquire(dmabuf), crate::sync::Acquire::Wait(_)) {
+        return Err(CopyError::Fenced);
     }
     let len = need as usize;
     // SAFETY: a fresh shared read-only mapping of `len` bytes, which the fd's size covers; it

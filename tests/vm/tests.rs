@@ -7,7 +7,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use cohere::coherency::DmabufFdInfo;
-use cohere::sync::{export_sync_file, DmabufAccess};
+use cohere::sync::{export_sync_file, import_sync_file, DmabufAccess};
 use cohere::testkit::fence::{vgem_attach_write_fence, Timeline};
 use cohere::testkit::vkms::{vkms_crc_xrgb8888, Vkms};
 use cohere::testkit::{heap_buffer, udmabuf, vgem_buffer, Card};
@@ -33,6 +33,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         ("cohere_inspect_reports_the_real_devices", cohere_inspect_reports_the_real_devices),
         ("weston_simple_dmabuf_feedback_receives_cohere_feedback", weston_simple_dmabuf_feedback_receives_cohere_feedback),
         ("cpu_copy_copies_only_the_damage_of_a_vgem_buffer", cpu_copy_copies_only_the_damage_of_a_vgem_buffer),
+        ("acquire_fence_holds_the_commit_until_it_signals", acquire_fence_holds_the_commit_until_it_signals),
     ]
 }
 
@@ -259,6 +260,24 @@ fn cpu_copy_copies_only_the_damage_of_a_vgem_buffer() -> Result<(), String> {
     Ok(())
 }
 
+/// A udmabuf committed with an unsignalled write fence is not shown, and the compositor keeps
+/// answering the client meanwhile; once the fence signals the commit applies and the screen
+/// shows the new buffer exactly. Without the wait, pixman would read the buffer (or block the
+/// event loop in DMA_BUF_IOCTL_SYNC) while the "device" still writes it.
+fn acquire_fence_holds_the_commit_until_it_signals() -> Result<(), String> {
+    let (cw, ch) = (CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
+    let damage = format!("0,0,{cw},{ch}");
+    let env = [("COHERE_CLIENT_DAMAGE", damage.as_str()), ("COHERE_CLIENT_FENCE", "400")];
+    let run = ClientRun { extra: &[], env: &env, shot: "/tmp/cohere-fence.png", frames: 960, presented: "damage presented" };
+    let log = run_cohere_with_client(run, &alt_image(cw, ch))?;
+    for want in ["held while fenced", "commit held until its buffer's acquire fence signals", "acquire fences commits_held=1"] {
+        if !log.contains(want) {
+            return Err(format!("{want:?} missing:\n{log}"));
+        }
+    }
+    Ok(())
+}
+
 /// The import log's plan line for the udmabuf.
 fn plan_line(log: &str) -> Result<String, String> {
     log.lines()
@@ -400,11 +419,38 @@ fn run_udmabuf_client(size: (i32, i32), title: &str, desktop: bool) -> Result<()
     let _second = match damage.as_deref() {
         Some(&[x, y, dw, dh]) => {
             let second = make(alt_image(w, h))?;
+            // COHERE_CLIENT_FENCE=MS: the second buffer carries an unsignalled write fence (a
+            // sw_sync point imported into the dma-buf) for MS milliseconds after its commit.
+            let fence_ms: Option<u64> = std::env::var("COHERE_CLIENT_FENCE").ok().and_then(|v| v.parse().ok());
+            let timeline = match fence_ms {
+                Some(_) => {
+                    let timeline = Timeline::new().check("sw_sync timeline")?;
+                    let fence = timeline.fence_at(1).check("fence")?;
+                    import_sync_file(second.as_fd(), &fence, DmabufAccess::Write).check("IMPORT_SYNC_FILE")?;
+                    Some(timeline)
+                }
+                None => None,
+            };
             let wl_second = client.dmabuf_buffer(second.as_fd(), (size.0, size.1, w * 4), fourcc, 0, 1);
             window.surface.attach(Some(&wl_second), 0, 0);
             window.surface.damage_buffer(x, y, dw, dh);
             client.presentation_feedback(&window.surface, 2);
             window.surface.commit();
+            if let (Some(ms), Some(timeline)) = (fence_ms, &timeline) {
+                let until = std::time::Instant::now() + Duration::from_millis(ms);
+                let mut answered = 0;
+                while std::time::Instant::now() < until {
+                    // The compositor keeps answering while this one commit waits.
+                    client.blocking_roundtrip().check("roundtrip while fenced")?;
+                    answered += 1;
+                    if client.state.presentations.len() >= 2 {
+                        return Err("the fenced buffer was presented before its fence signalled".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                eprintln!("held while fenced: {answered} roundtrips answered");
+                timeline.advance(1).check("signal")?;
+            }
             while client.state.presentations.len() < 2 {
                 client.blocking_roundtrip().check("waiting for the damage's presentation")?;
                 std::thread::sleep(Duration::from_millis(5));

@@ -28,7 +28,7 @@ impl Compositor<Drm> {
         let quirks = options.coherency.load()?;
         let main_device = options.dmabuf_main_device.or_else(crate::compositor::first_render_node);
         let backend = Drm::new(session, event_loop.handle(), &dh, main_device, quirks)?;
-        let core = Core::new(dh, options.shell);
+        let core = Core::new(dh, options.shell, event_loop.handle());
         let mut state = State { backend, core };
         state.core.control.configure(None, options.exit_after_frames);
 

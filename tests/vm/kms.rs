@@ -18,6 +18,7 @@ pub fn all() -> Vec<(usize, &'static str, TestFn)> {
         (1, "kms_vkms_udmabuf_goes_direct_to_a_plane", kms_vkms_udmabuf_goes_direct_to_a_plane),
         (1, "kms_override_composites_instead_with_exact_pixels", kms_override_composites_instead_with_exact_pixels),
         (2, "kms_virtio_gpu_composites_the_foreign_buffer", kms_virtio_gpu_composites_the_foreign_buffer),
+        (2, "kms_desktop_window_goes_on_an_overlay_plane", kms_desktop_window_goes_on_an_overlay_plane),
         (3, "kms_check_kms_lists_the_displays", kms_check_kms_lists_the_displays),
         (3, "kms_kiosk_weston_simple_shm_and_exit_status", kms_kiosk_weston_simple_shm_and_exit_status),
         (4, "kms_hotplug_removes_and_adds_outputs", kms_hotplug_removes_and_adds_outputs),
@@ -208,6 +209,50 @@ fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
     let (zero_copy, composited) = counters(&log, "Virtual-2")?;
     if zero_copy != 0 || composited == 0 {
         return Err(format!("expected composition, got zero_copy={zero_copy} composited={composited}"));
+    }
+    Ok(())
+}
+
+/// A desktop window's udmabuf goes zero-copy on one of vkms's overlay planes above the
+/// composited background and title bar. vkms blends the planes itself, so its CRC of the
+/// whole screen must equal the CRC of the expected picture computed here.
+fn kms_desktop_window_goes_on_an_overlay_plane() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    let me = me()?;
+    let (cw, ch) = (256u32, 128u32);
+    let mut run = Running::start(
+        &["--desktop", "--drm-device", &vkms_node()?, "--exit-after-frames", "60"],
+        &[&me, CLIENT_MODE, &cw.to_string(), &ch.to_string(), "overlay", "desktop"],
+    )?;
+    run.wait_for("udmabuf buffer presented")?;
+    std::thread::sleep(Duration::from_millis(100));
+    // The first window cascades to (32, 56), its focused title bar the 24 rows above it.
+    let (w, h) = (1024u32, 768u32);
+    let window = test_image(cw, ch);
+    let rgb = |c: [f32; 4]| ((c[0] * 255.0).round() as u32) << 16 | ((c[1] * 255.0).round() as u32) << 8 | (c[2] * 255.0).round() as u32;
+    let (bg, bar) = (rgb(cohere::render::DESKTOP_BACKGROUND), rgb(cohere::render::TITLEBAR_FOCUSED));
+    let expected: Vec<u32> = (0..w * h)
+        .map(|i| {
+            let (x, y) = (i % w, i / w);
+            match (x.checked_sub(32).filter(|x| *x < cw), y) {
+                (Some(dx), 56..) if y - 56 < ch => window[((y - 56) * cw + dx) as usize],
+                (Some(_), 32..=55) => bar,
+                _ => bg,
+            }
+        })
+        .collect();
+    let want = vkms_crc_xrgb8888(&expected);
+    let crcs = {
+        let card = Card::open_driver("vkms").check("vkms")?;
+        Vkms::new(&card).check("vkms")?.crcs(3).check("crc")?
+    };
+    let (status, log) = run.finish()?;
+    if crcs.iter().any(|c| *c != want) {
+        return Err(format!("vkms CRCs {crcs:x?}, expected {want:#x} (background, title bar, window):\n{log}"));
+    }
+    let (zero_copy, _) = counters(&log, "Virtual-1")?;
+    if status != Some(0) || zero_copy == 0 {
+        return Err(format!("exit {status:?}, zero_copy={zero_copy}: the window wasn't scanned out from its buffer\n{log}"));
     }
     Ok(())
 }

@@ -87,6 +87,21 @@ pub struct Globals<B: Backend> {
     pub viewporter: ViewporterState,
 }
 
+/// The pointer cursor as the seat last set it.
+#[derive(Debug)]
+pub struct Cursor {
+    pub status: smithay::input::pointer::CursorImageStatus,
+    /// A pointer device has moved the pointer: only then is a cursor drawn.
+    pub seen: bool,
+    pub arrow: smithay::backend::renderer::element::memory::MemoryRenderBuffer,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Self { status: smithay::input::pointer::CursorImageStatus::default_named(), seen: false, arrow: crate::cursor::arrow() }
+    }
+}
+
 /// Backend-independent half of [`State`].
 pub struct Core<B: Backend> {
     pub display_handle: DisplayHandle,
@@ -99,6 +114,7 @@ pub struct Core<B: Backend> {
     pub counters: Counters,
     pub control: crate::compositor::Control,
     pub loop_handle: LoopHandle<'static, State<B>>,
+    pub cursor: Cursor,
     /// Commits held for an acquire fence: (id, surface, the fence's event source). An entry
     /// goes when its fence signals, or with its surface (so a disconnect frees every wait).
     pub(crate) fence_waits: Vec<(u64, Weak<WlSurface>, RegistrationToken)>,
@@ -167,6 +183,7 @@ impl<B: Backend> Core<B> {
             clock,
             counters: Counters::default(),
             loop_handle,
+            cursor: Cursor::default(),
             fence_waits: Vec::new(),
             next_fence_wait: 0,
             control: Default::default(),

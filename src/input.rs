@@ -85,6 +85,7 @@ impl<B: Backend> State<B> {
 
     fn pointer_moved(&mut self, location: Point<f64, Logical>, time: u32) {
         let Some(pointer) = self.core.seat.get_pointer() else { return };
+        self.core.cursor.seen = true;
         let focus = self.surface_under(location);
         pointer.motion(self, focus, &MotionEvent { location, serial: SERIAL_COUNTER.next_serial(), time });
         pointer.frame(self);

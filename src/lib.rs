@@ -30,6 +30,7 @@ pub mod backend;
 pub mod coherency;
 pub mod compositor;
 pub mod core;
+pub mod cursor;
 pub mod import;
 mod input;
 pub mod path;

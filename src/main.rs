@@ -325,6 +325,7 @@ fn drive<B: Backend>(mut compositor: Compositor<B>, command: &[OsString]) -> any
             zero_copy = c.zero_copy_elements,
             composited = c.composited_elements,
             bytes_copied = c.bytes_copied,
+            cursor_plane = c.cursor_plane_frames,
             "output counters"
         );
     }

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use smithay::backend::allocator::Fourcc;
+use smithay::backend::renderer::element::memory::MemoryRenderBufferRenderElement;
 use smithay::backend::renderer::element::solid::{SolidColorBuffer, SolidColorRenderElement};
 use smithay::backend::renderer::element::surface::WaylandSurfaceRenderElement;
 use smithay::backend::renderer::element::{render_elements, Kind, RenderElementStates};
@@ -55,6 +56,7 @@ render_elements! {
     Surface = WaylandSurfaceRenderElement<R>,
     Copied = CopiedSurfaceElement<R>,
     Decoration = SolidColorRenderElement,
+    Cursor = MemoryRenderBufferRenderElement<R>,
 }
 
 /// Elements for `output`, topmost first, with each desktop window's title bar directly below it
@@ -68,6 +70,16 @@ where
     let Some(output_geo) = core.space.output_geometry(output) else { return Vec::new() };
     let scale = Scale::from(output.current_scale().fractional_scale());
     let mut elements = Vec::new();
+    // The cursor, topmost, on the output the pointer is on.
+    let pointer = core.seat.get_pointer().map(|p| p.current_location());
+    if let Some(location) = pointer.filter(|p| core.cursor.seen && output_geo.to_f64().contains(*p)) {
+        let local = location - output_geo.loc.to_f64();
+        match crate::cursor::elements(renderer, &core.cursor.status, &core.cursor.arrow, local, scale) {
+            Some(crate::cursor::CursorElements::Arrow(e)) => elements.push(OutputElement::Cursor(*e)),
+            Some(crate::cursor::CursorElements::Surface(es)) => elements.extend(es.into_iter().map(OutputElement::Surface)),
+            None => {}
+        }
+    }
     for window in core.space.elements().rev() {
         let Some(loc) = core.space.element_location(window) else { continue };
         let render_loc = (loc - window.geometry().loc - output_geo.loc).to_physical_precise_round(scale);

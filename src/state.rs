@@ -160,6 +160,10 @@ impl<B: Backend> SeatHandler for State<B> {
     fn focus_changed(&mut self, _seat: &Seat<Self>, focused: Option<&WlSurface>) {
         tracing::trace!(?focused, "keyboard focus");
     }
+
+    fn cursor_image(&mut self, _seat: &Seat<Self>, image: smithay::input::pointer::CursorImageStatus) {
+        self.core.cursor.status = image;
+    }
 }
 
 impl<B: Backend> OutputHandler for State<B> {}

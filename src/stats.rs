@@ -30,6 +30,8 @@ pub struct OutputCountersView {
     /// Older stats files lack it.
     #[serde(default)]
     pub bytes_copied: u64,
+    #[serde(default)]
+    pub cursor_plane_frames: u64,
 }
 
 impl From<OutputCounters> for OutputCountersView {
@@ -39,6 +41,7 @@ impl From<OutputCounters> for OutputCountersView {
             zero_copy_elements: c.zero_copy_elements,
             composited_elements: c.composited_elements,
             bytes_copied: c.bytes_copied,
+            cursor_plane_frames: c.cursor_plane_frames,
         }
     }
 }
@@ -74,11 +77,11 @@ impl Stats {
 
     /// The text `inspect --live` prints.
     pub fn text(&self) -> String {
-        let mut out = String::from("output            frames  zero-copy  composited  bytes-copied\n");
+        let mut out = String::from("output            frames  zero-copy  composited  bytes-copied  cursor-plane\n");
         for (name, c) in &self.outputs {
             out += &format!(
-                "{name:<16} {:>7} {:>10} {:>11} {:>13}\n",
-                c.frames, c.zero_copy_elements, c.composited_elements, c.bytes_copied
+                "{name:<16} {:>7} {:>10} {:>11} {:>13} {:>13}\n",
+                c.frames, c.zero_copy_elements, c.composited_elements, c.bytes_copied, c.cursor_plane_frames
             );
         }
         out += &format!("\nbuffers planned {}, rejected {}\n", self.buffers_planned, self.buffers_rejected);

@@ -37,6 +37,8 @@ pub struct OutputCounters {
     pub composited_elements: u64,
     /// Bytes the CpuCopy executor copied out of client buffers shown here.
     pub bytes_copied: u64,
+    /// Frames whose cursor was on the cursor plane rather than composited.
+    pub cursor_plane_frames: u64,
 }
 
 /// What the implicit modifier means on this machine, from the coherency facts: linear when

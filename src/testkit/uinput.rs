@@ -95,11 +95,16 @@ impl Tablet {
         self.file.write_all(&ev).context("writing an input event")
     }
 
-    /// Moves to (x, y) and clicks the left button there.
-    pub fn click(&mut self, x: i32, y: i32) -> Result<(), KitError> {
+    /// Moves the pointer to (x, y): libinput maps the axes 1:1 onto an output of the tablet's size.
+    pub fn move_to(&mut self, x: i32, y: i32) -> Result<(), KitError> {
         self.emit(EV_ABS, ABS_X, x)?;
         self.emit(EV_ABS, ABS_Y, y)?;
-        self.emit(EV_SYN, 0, 0)?;
+        self.emit(EV_SYN, 0, 0)
+    }
+
+    /// Moves to (x, y) and clicks the left button there.
+    pub fn click(&mut self, x: i32, y: i32) -> Result<(), KitError> {
+        self.move_to(x, y)?;
         std::thread::sleep(std::time::Duration::from_millis(30));
         self.emit(EV_KEY, BTN_LEFT, 1)?;
         self.emit(EV_SYN, 0, 0)?;

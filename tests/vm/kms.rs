@@ -23,6 +23,7 @@ pub fn all() -> Vec<(usize, &'static str, TestFn)> {
         (3, "kms_kiosk_weston_simple_shm_and_exit_status", kms_kiosk_weston_simple_shm_and_exit_status),
         (4, "kms_hotplug_removes_and_adds_outputs", kms_hotplug_removes_and_adds_outputs),
         (5, "kms_libinput_click_focuses_the_window_under_the_pointer", kms_libinput_click_focuses_the_window_under_the_pointer),
+        (5, "kms_pointer_shows_the_arrow_on_the_cursor_plane", kms_pointer_shows_the_arrow_on_the_cursor_plane),
         (6, "kms_weston_simple_dmabuf_egl_on_vkms_is_copied_and_shown", kms_weston_simple_dmabuf_egl_on_vkms_is_copied_and_shown),
     ]
 }
@@ -176,6 +177,10 @@ fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
         &["--drm-device", &node, "--socket", "kmslive", "--exit-after-frames", "150"],
         &[&me, CLIENT_MODE, "1280", "800"],
     )?;
+    // Names as this boot has them (a hotplug test in the same boot renumbers them).
+    let added = run.wait_for("KMS output")?;
+    let field = |name: &str| added.split(&format!("{name}=\"")).nth(1).and_then(|v| v.split('"').next()).map(str::to_owned);
+    let (card_name, output) = (field("card").ok_or("card name")?, field("output").ok_or("output name")?);
     run.wait_for("udmabuf buffer presented")?;
     // Give the flip a frame to land, then read what the primary plane scans out.
     std::thread::sleep(Duration::from_millis(50));
@@ -188,10 +193,10 @@ fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
     let live = format!("{}{}", String::from_utf8_lossy(&live.stdout), String::from_utf8_lossy(&live.stderr));
     let composited_now = live
         .lines()
-        .find(|l| l.starts_with("Virtual-2"))
+        .find(|l| l.starts_with(&output))
         .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
         .unwrap_or(0);
-    if composited_now == 0 || !live.contains("scanout card2 (virtio_gpu): Composite") {
+    if composited_now == 0 || !live.contains(&format!("scanout {card_name} (virtio_gpu): Composite")) {
         let (_, log) = run.finish()?;
         return Err(format!("inspect --live:\n{live}\ncohere:\n{log}"));
     }
@@ -206,7 +211,7 @@ fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
     if status != Some(0) || !log.contains("(virtio_gpu): Composite") {
         return Err(format!("cohere exit {status:?} or plan not Composite:\n{log}"));
     }
-    let (zero_copy, composited) = counters(&log, "Virtual-2")?;
+    let (zero_copy, composited) = counters(&log, &output)?;
     if zero_copy != 0 || composited == 0 {
         return Err(format!("expected composition, got zero_copy={zero_copy} composited={composited}"));
     }
@@ -227,11 +232,51 @@ fn kms_desktop_window_goes_on_an_overlay_plane() -> Result<(), String> {
     run.wait_for("udmabuf buffer presented")?;
     std::thread::sleep(Duration::from_millis(100));
     // The first window cascades to (32, 56), its focused title bar the 24 rows above it.
+    let expected = desktop_with_one_window(cw, ch);
+    let (status, log) = finish_showing(run, &expected, "background, title bar, window")?;
+    let (zero_copy, _) = counters(&log, "Virtual-1")?;
+    if status != Some(0) || zero_copy == 0 {
+        return Err(format!("exit {status:?}, zero_copy={zero_copy}: the window wasn't scanned out from its buffer\n{log}"));
+    }
+    Ok(())
+}
+
+/// Checks that vkms's CRC of the screen is the CRC of `expected` (1024x768 XRGB), then waits for
+/// cohere to exit: (status, log).
+fn finish_showing(run: Running, expected: &[u32], what: &str) -> Result<(Option<i32>, String), String> {
+    let want = vkms_crc_xrgb8888(expected);
+    let crcs = {
+        let card = Card::open_driver("vkms").check("vkms")?;
+        Vkms::new(&card).check("vkms")?.crcs(3).check("crc")?
+    };
+    let (status, log) = run.finish()?;
+    if crcs.iter().any(|c| *c != want) {
+        return Err(format!("vkms CRCs {crcs:x?}, expected {want:#x} ({what}):\n{log}"));
+    }
+    Ok((status, log))
+}
+
+/// libinput sees uinput devices only through udev: load uinput and run udevd (once per boot).
+fn start_udevd_for_uinput() -> Result<(), String> {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if STARTED.get().is_some() {
+        return Ok(());
+    }
+    Command::new("modprobe").arg("uinput").status().check("modprobe uinput")?;
+    Command::new("/lib/systemd/systemd-udevd").arg("--daemon").status().check("starting udevd")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = STARTED.set(());
+    Ok(())
+}
+
+/// The desktop of [`kms_desktop_window_goes_on_an_overlay_plane`]: background, the focused
+/// title bar and a `cw`x`ch` test-image window at (32, 56), on a 1024x768 screen.
+fn desktop_with_one_window(cw: u32, ch: u32) -> Vec<u32> {
     let (w, h) = (1024u32, 768u32);
     let window = test_image(cw, ch);
     let rgb = |c: [f32; 4]| ((c[0] * 255.0).round() as u32) << 16 | ((c[1] * 255.0).round() as u32) << 8 | (c[2] * 255.0).round() as u32;
     let (bg, bar) = (rgb(cohere::render::DESKTOP_BACKGROUND), rgb(cohere::render::TITLEBAR_FOCUSED));
-    let expected: Vec<u32> = (0..w * h)
+    (0..w * h)
         .map(|i| {
             let (x, y) = (i % w, i / w);
             match (x.checked_sub(32).filter(|x| *x < cw), y) {
@@ -240,19 +285,40 @@ fn kms_desktop_window_goes_on_an_overlay_plane() -> Result<(), String> {
                 _ => bg,
             }
         })
-        .collect();
-    let want = vkms_crc_xrgb8888(&expected);
-    let crcs = {
-        let card = Card::open_driver("vkms").check("vkms")?;
-        Vkms::new(&card).check("vkms")?.crcs(3).check("crc")?
-    };
-    let (status, log) = run.finish()?;
-    if crcs.iter().any(|c| *c != want) {
-        return Err(format!("vkms CRCs {crcs:x?}, expected {want:#x} (background, title bar, window):\n{log}"));
+        .collect()
+}
+
+/// Once a pointer device moves the pointer, cohere draws its arrow there, on vkms's cursor
+/// plane. vkms blends that plane into its CRC: the screen must be the desktop with the arrow's
+/// black outline and white fill at the pointer, exactly.
+fn kms_pointer_shows_the_arrow_on_the_cursor_plane() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    start_udevd_for_uinput()?;
+    let me = me()?;
+    let (cw, ch) = (256u32, 128u32);
+    let mut run = Running::start(
+        &["--desktop", "--drm-device", &vkms_node()?, "--exit-after-frames", "90"],
+        &[&me, CLIENT_MODE, &cw.to_string(), &ch.to_string(), "cursor", "desktop"],
+    )?;
+    run.wait_for("udmabuf buffer presented")?;
+    let mut tablet = cohere::testkit::uinput::Tablet::new(1024, 768).check("uinput tablet")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (px, py) = (600u32, 400u32);
+    tablet.move_to(px as i32, py as i32).check("move")?;
+    std::thread::sleep(Duration::from_millis(200));
+    let mut expected = desktop_with_one_window(cw, ch);
+    let arrow = cohere::cursor::arrow_pixels();
+    for (y, row) in arrow.iter().enumerate() {
+        for (x, px_colour) in row.iter().enumerate() {
+            if let Some(c) = px_colour {
+                expected[((py + y as u32) * 1024 + px + x as u32) as usize] = *c;
+            }
+        }
     }
-    let (zero_copy, _) = counters(&log, "Virtual-1")?;
-    if status != Some(0) || zero_copy == 0 {
-        return Err(format!("exit {status:?}, zero_copy={zero_copy}: the window wasn't scanned out from its buffer\n{log}"));
+    let (status, log) = finish_showing(run, &expected, &format!("desktop with the arrow at {px},{py}"))?;
+    let cursor_plane = counter(&log, "Virtual-1", "cursor_plane")?;
+    if status != Some(0) || cursor_plane == 0 {
+        return Err(format!("exit {status:?}, cursor_plane={cursor_plane}: the arrow wasn't on the cursor plane\n{log}"));
     }
     Ok(())
 }
@@ -395,9 +461,7 @@ fn kms_hotplug_removes_and_adds_outputs() -> Result<(), String> {
 /// windows: it gets keyboard focus and comes to the top.
 fn kms_libinput_click_focuses_the_window_under_the_pointer() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
-    Command::new("modprobe").arg("uinput").status().check("modprobe uinput")?;
-    Command::new("/lib/systemd/systemd-udevd").arg("--daemon").status().check("starting udevd")?;
-    std::thread::sleep(Duration::from_millis(300));
+    start_udevd_for_uinput()?;
     let me = me()?;
     let app = format!("{me} {CLIENT_MODE} 64 64 a desktop & sleep 0.4; exec {me} {CLIENT_MODE} 64 64 b desktop");
     let mut run = Running::start(&["--desktop", "--drm-device", &vkms_node()?, "--exit-after-frames", "120"], &["sh", "-c", &app])?;

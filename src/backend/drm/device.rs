@@ -8,7 +8,7 @@ use smithay::backend::allocator::gbm::GbmDevice;
 use smithay::backend::allocator::Fourcc;
 use smithay::backend::drm::compositor::{DrmCompositor, FrameFlags};
 use smithay::backend::drm::{DrmDevice, DrmDeviceFd, DrmEvent, DrmNode};
-use smithay::backend::renderer::element::{RenderElementPresentationState, RenderElementStates};
+use smithay::backend::renderer::element::{Element, Kind, RenderElementPresentationState, RenderElementStates};
 use smithay::backend::renderer::pixman::PixmanRenderer;
 use smithay::backend::renderer::ImportDma;
 use smithay::backend::session::libseat::LibSeatSession;
@@ -45,7 +45,7 @@ struct Surface {
 
 /// What one render call did.
 pub(crate) enum Rendered {
-    Queued { states: RenderElementStates, zero_copy: u64, composited: u64 },
+    Queued { states: RenderElementStates, zero_copy: u64, composited: u64, cursor_plane: bool },
     Empty { states: RenderElementStates },
 }
 
@@ -131,11 +131,19 @@ impl Device {
         if result.is_empty {
             return Ok(Rendered::Empty { states });
         }
-        let count = |want: fn(&RenderElementPresentationState) -> bool| states.states.values().filter(|s| want(&s.presentation_state)).count() as u64;
+        // The cursor is counted on its own: "zero-copy" and "composited" are about client
+        // content.
+        let cursors: Vec<_> = elements.iter().filter(|e| e.kind() == Kind::Cursor).map(|e| e.id().clone()).collect();
+        let count = |want: fn(&RenderElementPresentationState) -> bool| {
+            states.states.iter().filter(|(id, s)| !cursors.contains(id) && want(&s.presentation_state)).count() as u64
+        };
         let zero_copy = count(|p| matches!(p, RenderElementPresentationState::ZeroCopy));
         let composited = count(|p| matches!(p, RenderElementPresentationState::Rendering { .. }));
+        let cursor_plane = cursors.iter().any(|id| {
+            states.states.get(id).is_some_and(|s| matches!(s.presentation_state, RenderElementPresentationState::ZeroCopy))
+        });
         surface.compositor.queue_frame(()).map_err(|e| format!("{e:?}"))?;
-        Ok(Rendered::Queued { states, zero_copy, composited })
+        Ok(Rendered::Queued { states, zero_copy, composited, cursor_plane })
     }
 
     pub(crate) fn set_pending_states(&mut self, crtc: crtc::Handle, states: RenderElementStates) {
@@ -239,7 +247,8 @@ fn add_outputs(
             [Fourcc::Xrgb8888, Fourcc::Argb8888],
             renderer_formats.clone(),
             cursor,
-            None::<GbmDevice<DrmDeviceFd>>,
+            // GBM for the cursor plane: smithay writes Kind::Cursor elements into cursor BOs.
+            Some(gbm.clone()),
         );
         let compositor = match compositor {
             Ok(compositor) => compositor,

@@ -197,11 +197,12 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
     };
     let outcome = device.render(crtc, &mut state.backend.renderer, &elements, clear);
     match outcome {
-        Ok(device::Rendered::Queued { states, zero_copy, composited }) => {
+        Ok(device::Rendered::Queued { states, zero_copy, composited, cursor_plane }) => {
             let c = state.backend.counters.entry(output.name()).or_default();
             c.frames += 1;
             c.zero_copy_elements += zero_copy;
             c.composited_elements += composited;
+            c.cursor_plane_frames += u64::from(cursor_plane);
             if let Some(dev) = state.backend.devices.get_mut(&node) {
                 dev.set_pending_states(crtc, states);
             }

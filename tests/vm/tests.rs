@@ -34,6 +34,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         ("weston_simple_dmabuf_feedback_receives_cohere_feedback", weston_simple_dmabuf_feedback_receives_cohere_feedback),
         ("cpu_copy_copies_only_the_damage_of_a_vgem_buffer", cpu_copy_copies_only_the_damage_of_a_vgem_buffer),
         ("acquire_fence_holds_the_commit_until_it_signals", acquire_fence_holds_the_commit_until_it_signals),
+        ("a_disconnect_frees_a_pending_fence_wait", a_disconnect_frees_a_pending_fence_wait),
     ]
 }
 
@@ -278,6 +279,53 @@ fn acquire_fence_holds_the_commit_until_it_signals() -> Result<(), String> {
     Ok(())
 }
 
+/// The sync_file descriptors process `pid` holds.
+fn sync_files_of(pid: u32) -> Result<usize, String> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).check("/proc/pid/fd")?;
+    Ok(fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|l| l.to_string_lossy().contains("sync_file")).count())
+}
+
+/// A client that leaves while its commit waits on a fence that hasn't signalled (and won't
+/// while the test looks) takes the wait with it: cohere drops the fence's event source and its
+/// sync_file at once, not when the fence finally signals.
+fn a_disconnect_frees_a_pending_fence_wait() -> Result<(), String> {
+    let me = std::env::current_exe().check("current exe")?;
+    let (cw, ch) = (CLIENT_SIZE.0, CLIENT_SIZE.1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohere"))
+        .args(["--headless", "--kiosk", "--size", &format!("{cw}x{ch}"), "--exit-after-frames", "240"])
+        .arg("--")
+        .arg(me)
+        .arg(CLIENT_MODE)
+        .env("RUST_LOG", "warn,cohere=debug")
+        .envs([("COHERE_CLIENT_DAMAGE", format!("0,0,{cw},{ch}")), ("COHERE_CLIENT_FENCE", "200".into()), ("COHERE_CLIENT_THEN", "disconnect".into())])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .check("starting cohere")?;
+    let pid = child.id();
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut log = Vec::new();
+    let mut wait_for = |needle: &str| -> Result<(), String> {
+        for line in lines.by_ref().map_while(Result::ok) {
+            let found = line.contains(needle);
+            log.push(line);
+            if found {
+                return Ok(());
+            }
+        }
+        Err(format!("no {needle:?} in:\n{}", log.join("\n")))
+    };
+    wait_for("commit held until its buffer's acquire fence signals")?;
+    let held = sync_files_of(pid)?;
+    wait_for("client disconnected")?;
+    std::thread::sleep(Duration::from_millis(100));
+    let after = sync_files_of(pid)?;
+    let _ = child.kill();
+    let _ = child.wait();
+    ensure_eq!((held, after), (1, 0), "cohere's sync_file fds while the commit waits, then after the client left");
+    Ok(())
+}
+
 /// The import log's plan line for the udmabuf.
 fn plan_line(log: &str) -> Result<String, String> {
     log.lines()
@@ -374,6 +422,7 @@ fn run_udmabuf_client(size: (i32, i32), title: &str, desktop: bool) -> Result<()
     let dir = std::env::var("XDG_RUNTIME_DIR").check("XDG_RUNTIME_DIR")?;
     let name = std::env::var("WAYLAND_DISPLAY").check("WAYLAND_DISPLAY")?;
     let stream = UnixStream::connect(PathBuf::from(dir).join(name)).check("connect")?;
+    let socket = stream.try_clone().check("socket clone")?;
     let mut client = crate::client::TestClient::new(stream);
     client.blocking_roundtrip().check("registry")?;
     client.bind_globals();
@@ -449,6 +498,13 @@ fn run_udmabuf_client(size: (i32, i32), title: &str, desktop: bool) -> Result<()
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 eprintln!("held while fenced: {answered} roundtrips answered");
+                if std::env::var("COHERE_CLIENT_THEN").as_deref() == Ok("disconnect") {
+                    // Leave with the fence still unsignalled (this process keeps the timeline).
+                    eprintln!("disconnecting with the fence unsignalled");
+                    socket.shutdown(std::net::Shutdown::Both).check("shutdown")?;
+                    std::thread::sleep(Duration::from_millis(1500));
+                    return Ok(());
+                }
                 timeline.advance(1).check("signal")?;
             }
             while client.state.presentations.len() < 2 {

@@ -18,6 +18,7 @@ pub fn all() -> Vec<(usize, &'static str, TestFn)> {
         (1, "kms_vkms_udmabuf_goes_direct_to_a_plane", kms_vkms_udmabuf_goes_direct_to_a_plane),
         (1, "kms_override_composites_instead_with_exact_pixels", kms_override_composites_instead_with_exact_pixels),
         (2, "kms_virtio_gpu_composites_the_foreign_buffer", kms_virtio_gpu_composites_the_foreign_buffer),
+        (2, "kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy", kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy),
         (2, "kms_desktop_window_goes_on_an_overlay_plane", kms_desktop_window_goes_on_an_overlay_plane),
         (3, "kms_check_kms_lists_the_displays", kms_check_kms_lists_the_displays),
         (3, "kms_kiosk_weston_simple_shm_and_exit_status", kms_kiosk_weston_simple_shm_and_exit_status),
@@ -37,6 +38,11 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str], app: &[&str]) -> Result<Running, String> {
+        Self::start_env(args, app, &[])
+    }
+
+    /// `start`, with extra environment for cohere and so for its app.
+    fn start_env(args: &[&str], app: &[&str], env: &[(&str, &str)]) -> Result<Running, String> {
         let shell = if args.contains(&"--desktop") { "--desktop" } else { "--kiosk" };
         let mut child = Command::new(env!("CARGO_BIN_EXE_cohere"))
             .arg(shell)
@@ -44,6 +50,7 @@ impl Running {
             .arg("--")
             .args(app)
             .env("RUST_LOG", "warn,cohere=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -132,8 +139,9 @@ fn kms_vkms_udmabuf_goes_direct_to_a_plane() -> Result<(), String> {
         return Err(format!("plan not Direct for vkms:\n{log}"));
     }
     let (zero_copy, composited) = counters(&log, "Virtual-1")?;
-    if zero_copy == 0 || composited != 0 {
-        return Err(format!("expected zero-copy only, got zero_copy={zero_copy} composited={composited}"));
+    let copied = counter(&log, "Virtual-1", "bytes_copied")?;
+    if zero_copy == 0 || composited != 0 || copied != 0 {
+        return Err(format!("expected zero-copy only, got zero_copy={zero_copy} composited={composited} bytes_copied={copied}"));
     }
     // The surface's dma-buf feedback offers a scanout tranche for vkms, then the render one.
     if !log.contains("udmabuf client feedback: tranche_flags(Value(TrancheFlags(Scanout)))") {
@@ -158,8 +166,9 @@ fn kms_override_composites_instead_with_exact_pixels() -> Result<(), String> {
         return Err(format!("cohere exit {status:?} or plan unchanged:\n{log}"));
     }
     let (zero_copy, composited) = counters(&log, "Virtual-1")?;
-    if zero_copy != 0 || composited == 0 {
-        return Err(format!("expected composition only, got zero_copy={zero_copy} composited={composited}"));
+    let copied = counter(&log, "Virtual-1", "bytes_copied")?;
+    if zero_copy != 0 || composited == 0 || copied != 0 {
+        return Err(format!("expected composition only, got zero_copy={zero_copy} composited={composited} bytes_copied={copied}"));
     }
     // A buffer the plan keeps off the planes gets only the render tranche.
     if !log.contains("udmabuf client feedback: done") || log.contains("TrancheFlags(Scanout)") {
@@ -211,9 +220,47 @@ fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
     if status != Some(0) || !log.contains("(virtio_gpu): Composite") {
         return Err(format!("cohere exit {status:?} or plan not Composite:\n{log}"));
     }
+    // The udmabuf is cached memory pixman may read itself: composited, not copied.
     let (zero_copy, composited) = counters(&log, &output)?;
-    if zero_copy != 0 || composited == 0 {
-        return Err(format!("expected composition, got zero_copy={zero_copy} composited={composited}"));
+    let copied = counter(&log, &output, "bytes_copied")?;
+    if zero_copy != 0 || composited == 0 || copied != 0 {
+        return Err(format!("expected composition, got zero_copy={zero_copy} composited={composited} bytes_copied={copied}"));
+    }
+    Ok(())
+}
+
+/// A full-screen vgem buffer ("drm" exporter) on virtio-gpu: virtio-gpu can't import it and
+/// pixman mustn't read GPU memory on every repaint, so the plan says CpuCopy for both. The
+/// primary plane shows the client's image exactly, and the counters say copied and composited.
+fn kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    let node = Card::open_driver("virtio_gpu").check("virtio-gpu")?.path.display().to_string();
+    let me = me()?;
+    let mut run = Running::start_env(
+        &["--drm-device", &node, "--exit-after-frames", "60"],
+        &[&me, CLIENT_MODE, "1280", "800"],
+        &[("COHERE_CLIENT_SOURCE", "vgem")],
+    )?;
+    let added = run.wait_for("KMS output")?;
+    let output = added.split("output=\"").nth(1).and_then(|v| v.split('"').next()).ok_or("output name")?.to_owned();
+    run.wait_for("udmabuf buffer presented")?;
+    std::thread::sleep(Duration::from_millis(50));
+    let card = Card::open_driver("virtio_gpu").check("virtio-gpu")?;
+    let (w, h, pixels) = card.read_primary_plane().check("virtio-gpu readback")?;
+    drop(card);
+    let (status, log) = run.finish()?;
+    let wrong = pixels.iter().zip(test_image(w, h)).filter(|(a, b)| **a != *b).count();
+    if (w, h) != (1280, 800) || wrong != 0 {
+        return Err(format!("{w}x{h}: {wrong} pixels differ from the client's image\n{log}"));
+    }
+    let plan = log.lines().find(|l| l.contains("buffer plan") && l.contains("exporter=drm")).ok_or(format!("no drm plan:\n{log}"))?;
+    if !plan.contains("render (pixman): CpuCopy") || !plan.contains("(virtio_gpu): CpuCopy") {
+        return Err(format!("plan: {plan}"));
+    }
+    let (zero_copy, composited) = counters(&log, &output)?;
+    let copied = counter(&log, &output, "bytes_copied")?;
+    if status != Some(0) || zero_copy != 0 || composited == 0 || copied != 1280 * 800 * 4 {
+        return Err(format!("exit {status:?}, zero_copy={zero_copy} composited={composited} bytes_copied={copied}:\n{log}"));
     }
     Ok(())
 }

@@ -167,17 +167,9 @@ fn copy_rects(dmabuf: &Dmabuf, shadow: &mut MemoryRenderBuffer, rects: &[Rectang
         let mut bytes = 0u64;
         let mut ctx = shadow.render();
         let _ = ctx.draw(|dst: &mut [u8]| -> Result<Vec<Rectangle<i32, BufferCoords>>, std::convert::Infallible> {
-            for r in rects {
-                let (x, w) = (r.loc.x as usize * cpp, r.size.w as usize * cpp);
-                for y in r.loc.y as usize..(r.loc.y + r.size.h) as usize {
-                    let s = offset + y * stride + x;
-                    let d = y * dst_stride + x;
-                    if let (Some(from), Some(to)) = (src.get(s..s + w), dst.get_mut(d..d + w)) {
-                        to.copy_from_slice(from);
-                        bytes += w as u64;
-                    }
-                }
-            }
+            let src = Plane { bytes: src, offset, stride };
+            let dst = Plane { bytes: dst, offset: 0, stride: dst_stride };
+            bytes = copy_damage(&src, dst, rects, cpp);
             Ok(rects.to_vec())
         });
         drop(ctx);
@@ -187,6 +179,32 @@ fn copy_rects(dmabuf: &Dmabuf, shadow: &mut MemoryRenderBuffer, rects: &[Rectang
     // SAFETY: unmaps exactly the mapping made above; `src` is not used after this.
     let _ = unsafe { rustix::mm::munmap(ptr, len) };
     result
+}
+
+/// One plane's bytes and row layout.
+#[derive(Debug)]
+pub struct Plane<B> {
+    pub bytes: B,
+    pub offset: usize,
+    pub stride: usize,
+}
+
+/// Copies `rects` (pixels, `cpp` bytes each) row by row from `src` to `dst`, which share
+/// coordinates; rows that fall outside either buffer are skipped. Returns the bytes copied.
+pub fn copy_damage(src: &Plane<&[u8]>, dst: Plane<&mut [u8]>, rects: &[Rectangle<i32, BufferCoords>], cpp: usize) -> u64 {
+    let mut bytes = 0u64;
+    for r in rects {
+        let (x, w) = (r.loc.x.max(0) as usize * cpp, r.size.w.max(0) as usize * cpp);
+        for y in r.loc.y.max(0) as usize..(r.loc.y + r.size.h).max(0) as usize {
+            let s = src.offset + y * src.stride + x;
+            let d = dst.offset + y * dst.stride + x;
+            if let (Some(from), Some(to)) = (src.bytes.get(s..s + w), dst.bytes.get_mut(d..d + w)) {
+                to.copy_from_slice(from);
+                bytes += w as u64;
+            }
+        }
+    }
+    bytes
 }
 
 /// A MemoryRenderBuffer's rows are packed (width × bytes per pixel).

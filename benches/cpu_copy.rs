@@ -1,0 +1,77 @@
+//! The CpuCopy executor's copy of damage, against memcpy of a whole frame (the baseline, in the
+//! same run). A 1920x1080 XRGB8888 frame: the whole frame as one rectangle, a 10% rectangle
+//! (a video in a window), and 64 scattered 32x32 tiles (a terminal). Prints each case's time as
+//! a ratio of the memcpy baseline after criterion's own report.
+//!
+//! The source here is ordinary memory; in cohere it is a SYNC-bracketed mapping of the client's
+//! dma-buf, whose cost on uncached memory is the reason to copy only the damage.
+
+use std::time::{Duration, Instant};
+
+use cohere::path::cpu_copy::{copy_damage, Plane};
+use criterion::{black_box, criterion_group, Criterion};
+use smithay::utils::{Buffer, Rectangle};
+
+const W: usize = 1920;
+const H: usize = 1080;
+const CPP: usize = 4;
+
+fn cases() -> Vec<(&'static str, Vec<Rectangle<i32, Buffer>>)> {
+    let full = vec![Rectangle::from_size((W as i32, H as i32).into())];
+    let tenth = vec![Rectangle::new((400, 300).into(), (607, 342).into())];
+    let tiles = (0..64).map(|i| Rectangle::new(((i % 16) * 112 + 8, (i / 16) * 256 + 16).into(), (32, 32).into())).collect();
+    vec![("full frame", full), ("10% rectangle", tenth), ("64 tiles 32x32", tiles)]
+}
+
+fn copy(src: &[u8], dst: &mut [u8], rects: &[Rectangle<i32, Buffer>]) -> u64 {
+    copy_damage(&Plane { bytes: src, offset: 0, stride: W * CPP }, Plane { bytes: dst, offset: 0, stride: W * CPP }, rects, CPP)
+}
+
+fn bench(c: &mut Criterion) {
+    let src: Vec<u8> = (0..W * H * CPP).map(|i| (i * 7 % 251) as u8).collect();
+    let mut dst = vec![0u8; W * H * CPP];
+    let mut group = c.benchmark_group("cpu_copy 1920x1080");
+    group.bench_function("memcpy whole frame (baseline)", |b| b.iter(|| dst.copy_from_slice(black_box(&src))));
+    for (name, rects) in cases() {
+        group.bench_function(name, |b| b.iter(|| copy(black_box(&src), &mut dst, black_box(&rects))));
+    }
+    group.finish();
+}
+
+/// Median time of `f` over `runs` runs.
+fn median(runs: usize, mut f: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn ratios() {
+    let src: Vec<u8> = (0..W * H * CPP).map(|i| (i * 7 % 251) as u8).collect();
+    let mut dst = vec![0u8; W * H * CPP];
+    let baseline = median(200, || dst.copy_from_slice(black_box(&src)));
+    println!("\nratios to memcpy of the whole frame ({:.3} ms), same run:", baseline.as_secs_f64() * 1e3);
+    for (name, rects) in cases() {
+        let mut bytes = 0;
+        let t = median(200, || bytes = copy(black_box(&src), &mut dst, black_box(&rects)));
+        println!(
+            "  {name:<16} {:>9} bytes  {:.3} ms  {:.3}x",
+            bytes,
+            t.as_secs_f64() * 1e3,
+            t.as_secs_f64() / baseline.as_secs_f64()
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    ratios();
+}

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use libfuzzer_sys::fuzz_target;
 
 thread_local! {
-    static SERVER: RefCell<harness::Server> = RefCell::new(harness::Server::new(Some(0xe280)));
+    static SERVER: RefCell<harness::Server> = RefCell::new(harness::Server::with_implicit(Some(0xe280), cohere::import::ImplicitModifier::AsLinear));
 }
 
 fuzz_target!(|ops: Vec<sequence::Op>| {

@@ -48,7 +48,7 @@ fn format() -> impl Strategy<Value = u32> {
 }
 
 fn modifier() -> impl Strategy<Value = u64> {
-    prop_oneof![4 => Just(LINEAR), 1 => Just(I915_X_TILED), 1 => Just(u64::MAX), 1 => any::<u64>()]
+    prop_oneof![4 => Just(LINEAR), 1 => Just(I915_X_TILED), 1 => Just(0x00ff_ffff_ffff_ffff), 1 => Just(u64::MAX), 1 => any::<u64>()]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -71,7 +71,8 @@ pub fn sequence() -> impl Strategy<Value = Vec<Op>> {
 #[test]
 fn random_params_sequences_never_panic_or_accept_non_dmabufs() {
     let cases: u32 = std::env::var("COHERE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let server = RefCell::new(Server::new(Some(0xe280)));
+    // The implicit modifier read as linear: the path with the most to validate.
+    let server = RefCell::new(Server::with_implicit(Some(0xe280), cohere::import::ImplicitModifier::AsLinear));
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let result = runner.run(&sequence(), |ops| {
         run_sequence(&mut server.borrow_mut(), &ops).map_err(TestCaseError::fail)?;

@@ -25,7 +25,8 @@ use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::utils::{Buffer as BufferCoords, Physical, Point, Rectangle, Scale, Size, Transform};
 use smithay::wayland::compositor::{with_states, SurfaceData};
 
-/// Why a copy could not be made; the surface keeps its previous content.
+/// Why a copy could not be made. The surface shows what its shadow held before (nothing, for a
+/// new shadow); a format that can't be copied isn't drawn from a shadow at all.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error("{0} has no single-plane layout cohere can copy")]
@@ -53,6 +54,8 @@ struct Shadow {
     buffer: MemoryRenderBuffer,
     format: Fourcc,
     size: Size<i32, BufferCoords>,
+    scale: i32,
+    transform: Transform,
     /// The renderer-state commit the shadow holds; damage since it is what must be copied.
     commit: CommitCounter,
     /// The surface's current buffer is the copied one (false once a buffer with another plan
@@ -79,7 +82,10 @@ pub fn copy_commit(surface: &WlSurface, dmabuf: &Dmabuf) -> Result<Copied, CopyE
     let format = dmabuf.format().code;
     let cpp = match crate::import::format::layout(format) {
         Some(l) if l.planes == 1 && dmabuf.num_planes() == 1 => usize::from(l.cpp[0]),
-        _ => return Err(CopyError::Format(format)),
+        _ => {
+            deactivate(surface);
+            return Err(CopyError::Format(format));
+        }
     };
     let size = dmabuf.size();
     with_states(surface, |states| {
@@ -90,7 +96,7 @@ pub fn copy_commit(surface: &WlSurface, dmabuf: &Dmabuf) -> Result<Copied, CopyE
         };
         let data = states.data_map.get_or_insert_threadsafe(ShadowData::default);
         let mut guard = data.lock().unwrap_or_else(|e| e.into_inner());
-        let reuse = guard.as_ref().is_some_and(|s| s.size == size && s.format == format);
+        let reuse = guard.as_ref().is_some_and(|s| s.size == size && s.format == format && s.scale == scale && s.transform == transform);
         let since = guard.as_ref().filter(|_| reuse).map(|s| s.commit);
         let full = Rectangle::from_size(size);
         let rects = match since {
@@ -104,6 +110,8 @@ pub fn copy_commit(surface: &WlSurface, dmabuf: &Dmabuf) -> Result<Copied, CopyE
                 buffer: MemoryRenderBuffer::new(format, size, scale, transform, None),
                 format,
                 size,
+                scale,
+                transform,
                 commit,
                 active: true,
             });

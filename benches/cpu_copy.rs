@@ -1,5 +1,5 @@
-//! The CpuCopy executor's copy of damage, against memcpy of a whole frame (the baseline, in the
-//! same run). A 1920x1080 XRGB8888 frame: the whole frame as one rectangle, a 10% rectangle
+//! The CpuCopy executor's copy of damage (gathered on the copy thread, scattered into the
+//! shadow), against memcpy of a whole frame (the baseline, in the same run). A 1920x1080 XRGB8888 frame: the whole frame as one rectangle, a 10% rectangle
 //! (a video in a window), and 64 scattered 32x32 tiles (a terminal). Prints each case's time as
 //! a ratio of the memcpy baseline after criterion's own report.
 //!
@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use cohere::path::cpu_copy::{copy_damage, Plane};
+use cohere::path::cpu_copy::{gather, scatter, Plane};
 use criterion::{black_box, criterion_group, Criterion};
 use smithay::utils::{Buffer, Rectangle};
 
@@ -23,8 +23,11 @@ fn cases() -> Vec<(&'static str, Vec<Rectangle<i32, Buffer>>)> {
     vec![("full frame", full), ("10% rectangle", tenth), ("64 tiles 32x32", tiles)]
 }
 
+/// The whole copy: the copy thread's gather from the client's buffer, then the event loop's
+/// scatter into the shadow.
 fn copy(src: &[u8], dst: &mut [u8], rects: &[Rectangle<i32, Buffer>]) -> u64 {
-    copy_damage(&Plane { bytes: src, offset: 0, stride: W * CPP }, Plane { bytes: dst, offset: 0, stride: W * CPP }, rects, CPP)
+    let data = gather(&Plane { bytes: src, offset: 0, stride: W * CPP }, rects, CPP);
+    scatter(&data, Plane { bytes: dst, offset: 0, stride: W * CPP }, rects, CPP)
 }
 
 fn bench(c: &mut Criterion) {
@@ -54,17 +57,20 @@ fn median(runs: usize, mut f: impl FnMut()) -> Duration {
 fn ratios() {
     let src: Vec<u8> = (0..W * H * CPP).map(|i| (i * 7 % 251) as u8).collect();
     let mut dst = vec![0u8; W * H * CPP];
+    let plane = || Plane { bytes: &src[..], offset: 0, stride: W * CPP };
     let baseline = median(200, || dst.copy_from_slice(black_box(&src)));
     println!("\nratios to memcpy of the whole frame ({:.3} ms), same run:", baseline.as_secs_f64() * 1e3);
+    println!("  {:<16} {:>9}  {:>18}  {:>18}  {:>18}", "damage", "bytes", "whole copy", "copy thread", "event loop");
+    let ratio = |t: Duration| format!("{:.3} ms {:.3}x", t.as_secs_f64() * 1e3, t.as_secs_f64() / baseline.as_secs_f64());
     for (name, rects) in cases() {
         let mut bytes = 0;
-        let t = median(200, || bytes = copy(black_box(&src), &mut dst, black_box(&rects)));
-        println!(
-            "  {name:<16} {:>9} bytes  {:.3} ms  {:.3}x",
-            bytes,
-            t.as_secs_f64() * 1e3,
-            t.as_secs_f64() / baseline.as_secs_f64()
-        );
+        let whole = median(200, || bytes = copy(black_box(&src), &mut dst, black_box(&rects)));
+        let gathered = gather(&plane(), &rects, CPP);
+        let read = median(200, || drop(black_box(gather(&plane(), black_box(&rects), CPP))));
+        let write = median(200, || {
+            scatter(black_box(&gathered), Plane { bytes: &mut dst[..], offset: 0, stride: W * CPP }, black_box(&rects), CPP);
+        });
+        println!("  {name:<16} {bytes:>9}  {:>18}  {:>18}  {:>18}", ratio(whole), ratio(read), ratio(write));
     }
 }
 

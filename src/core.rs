@@ -87,6 +87,22 @@ pub struct Globals<B: Backend> {
     pub viewporter: ViewporterState,
 }
 
+/// Starts the CPU copy thread, whose results come back through a channel the event loop
+/// watches.
+fn spawn_copy_worker<B: Backend>(handle: &LoopHandle<'static, State<B>>) -> Option<crate::path::cpu_copy::CopyWorker> {
+    let (tx, rx) = smithay::reexports::calloop::channel::channel();
+    let watched = handle.insert_source(rx, |event, _, state: &mut State<B>| {
+        if let smithay::reexports::calloop::channel::Event::Msg(done) = event {
+            state.copy_done(done);
+        }
+    });
+    if let Err(err) = watched {
+        tracing::error!(%err, "cannot watch the cpu copy channel; CPU copies will fail");
+        return None;
+    }
+    crate::path::cpu_copy::CopyWorker::spawn(tx).map_err(|err| tracing::error!(%err, "cannot start the cpu copy thread")).ok()
+}
+
 /// The pointer cursor as the seat last set it.
 #[derive(Debug)]
 pub struct Cursor {
@@ -115,21 +131,28 @@ pub struct Core<B: Backend> {
     pub control: crate::compositor::Control,
     pub loop_handle: LoopHandle<'static, State<B>>,
     pub cursor: Cursor,
-    /// Commits held for an acquire fence: (id, surface, the fence's event source). An entry
-    /// goes when its fence signals, or with its surface (so a disconnect frees every wait).
+    /// Acquire-fence sources of held commits: (wait id, surface, source). An entry goes when
+    /// its fence signals, or with its surface (so a disconnect frees every wait).
     pub(crate) fence_waits: Vec<(u64, Weak<WlSurface>, RegistrationToken)>,
-    next_fence_wait: u64,
+    /// Commits cohere holds (fence, CPU copy), by wait id; see [`crate::commit`].
+    pub(crate) commit_waits: std::collections::HashMap<u64, crate::commit::CommitWait>,
+    next_wait_id: u64,
+    /// The CPU copy's thread (`None` if it couldn't start: copies then fail, visibly).
+    pub(crate) copy_worker: Option<crate::path::cpu_copy::CopyWorker>,
     outputs: Vec<(Output, OutputConfig, smithay::reexports::wayland_server::backend::GlobalId)>,
 }
 
 impl<B: Backend> Core<B> {
-    /// Remembers a commit held for an acquire fence; returns the id the fence's source passes
-    /// to [`Core::fence_signalled`].
-    pub(crate) fn fence_wait_started(&mut self, surface: &WlSurface, token: RegistrationToken) -> u64 {
-        self.next_fence_wait += 1;
+    /// A fresh id for a commit wait.
+    pub(crate) fn next_wait_id(&mut self) -> u64 {
+        self.next_wait_id += 1;
+        self.next_wait_id
+    }
+
+    /// Remembers the acquire-fence source of commit wait `id`.
+    pub(crate) fn fence_wait_started(&mut self, id: u64, surface: &WlSurface, token: RegistrationToken) {
         self.counters.fence_waits += 1;
-        self.fence_waits.push((self.next_fence_wait, surface.downgrade(), token));
-        self.next_fence_wait
+        self.fence_waits.push((id, surface.downgrade(), token));
     }
 
     /// The fence of wait `id` signalled (its source removes itself).
@@ -138,7 +161,7 @@ impl<B: Backend> Core<B> {
     }
 
     /// Drops the waits of surfaces that are gone (their client disconnected or destroyed
-    /// them): the fence's source and fd go with them, signalled or not.
+    /// them): fence sources and their fds go with them, signalled or not.
     pub fn prune_fence_waits(&mut self) {
         let handle = self.loop_handle.clone();
         self.fence_waits.retain(|(_, surface, token)| {
@@ -148,6 +171,7 @@ impl<B: Backend> Core<B> {
             }
             alive
         });
+        self.commit_waits.retain(|_, wait| wait.surface_alive());
     }
 }
 
@@ -156,6 +180,7 @@ impl<B: Backend> Core<B> {
     pub fn new(display_handle: DisplayHandle, shell: ShellMode, loop_handle: LoopHandle<'static, State<B>>) -> Self {
         let dh = &display_handle;
         let clock = Clock::<Monotonic>::new();
+        let copy_worker = spawn_copy_worker(&loop_handle);
         let mut seat_state = SeatState::new();
         let mut seat = seat_state.new_wl_seat(dh, "seat0");
         // Both capabilities are present even headless so clients that require them still start.
@@ -185,7 +210,9 @@ impl<B: Backend> Core<B> {
             loop_handle,
             cursor: Cursor::default(),
             fence_waits: Vec::new(),
-            next_fence_wait: 0,
+            commit_waits: Default::default(),
+            next_wait_id: 0,
+            copy_worker,
             control: Default::default(),
             outputs: Vec::new(),
         }

@@ -28,6 +28,7 @@
 
 pub mod backend;
 pub mod coherency;
+mod commit;
 pub mod compositor;
 pub mod core;
 pub mod cursor;

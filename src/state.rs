@@ -8,12 +8,8 @@ use smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::Client;
 use smithay::wayland::buffer::BufferHandler;
-use smithay::reexports::calloop::generic::Generic;
-use smithay::reexports::calloop::{Interest, Mode, PostAction};
-use smithay::reexports::wayland_server::Resource;
 use smithay::wayland::compositor::{
-    add_blocker, add_pre_commit_hook, get_parent, is_sync_subsurface, with_states, BufferAssignment, CompositorClientState,
-    CompositorHandler, CompositorState, SurfaceAttributes,
+    add_pre_commit_hook, get_parent, is_sync_subsurface, CompositorClientState, CompositorHandler, CompositorState,
 };
 use smithay::wayland::output::OutputHandler;
 use smithay::wayland::shm::{ShmHandler, ShmState};
@@ -23,7 +19,6 @@ use smithay::{
 
 use crate::backend::Backend;
 use crate::core::{ClientState, Core};
-use crate::sync::{Acquire, FenceBlocker, FenceFd};
 
 /// The whole compositor state, split so handlers can borrow the backend and the core at once.
 pub struct State<B: Backend> {
@@ -46,12 +41,12 @@ impl<B: Backend> CompositorHandler for State<B> {
     }
 
     fn new_surface(&mut self, surface: &WlSurface) {
-        add_pre_commit_hook::<Self, _>(surface, |state, _dh, surface| state.hold_for_acquire_fence(surface));
+        add_pre_commit_hook::<Self, _>(surface, |state, _dh, surface| state.pre_commit(surface));
     }
 
     fn commit(&mut self, surface: &WlSurface) {
         on_commit_buffer_handler::<Self>(surface);
-        self.run_cpu_copy(surface);
+        self.committed(surface);
         if !is_sync_subsurface(surface) {
             let mut root = surface.clone();
             while let Some(parent) = get_parent(&root) {
@@ -66,70 +61,6 @@ impl<B: Backend> CompositorHandler for State<B> {
         self.core.popups.commit(surface);
         self.backend.surface_committed(surface);
         self.backend.schedule_redraw();
-    }
-}
-
-impl<B: Backend> State<B> {
-    /// A commit bringing a dma-buf that a device is still writing waits (a commit blocker) until
-    /// the buffer's acquire fence signals; see [`crate::sync::acquire`].
-    fn hold_for_acquire_fence(&mut self, surface: &WlSurface) {
-        let dmabuf = with_states(surface, |states| {
-            let mut attrs = states.cached_state.get::<SurfaceAttributes>();
-            match attrs.pending().buffer.as_ref() {
-                Some(BufferAssignment::NewBuffer(buffer)) => smithay::wayland::dmabuf::get_dmabuf(buffer).ok().cloned(),
-                _ => None,
-            }
-        });
-        let Some(dmabuf) = dmabuf else { return };
-        let Acquire::Wait(fd) = crate::sync::acquire(&dmabuf) else { return };
-        let Some(client) = surface.client() else { return };
-        let blocker = FenceBlocker::default();
-        let release = blocker.clone();
-        let id = std::rc::Rc::new(std::cell::Cell::new(0u64));
-        let my_id = id.clone();
-        let source = Generic::new(FenceFd(fd), Interest::READ, Mode::Level);
-        let inserted = self.core.loop_handle.insert_source(source, move |_, _, state: &mut State<B>| {
-            release.release();
-            state.core.fence_signalled(my_id.get());
-            let dh = state.core.display_handle.clone();
-            state.client_compositor_state(&client).blocker_cleared(state, &dh);
-            Ok(PostAction::Remove)
-        });
-        match inserted {
-            Ok(token) => {
-                add_blocker(surface, blocker);
-                id.set(self.core.fence_wait_started(surface, token));
-                tracing::debug!(surface = %surface.id(), "commit held until its buffer's acquire fence signals");
-            }
-            Err(err) => tracing::warn!(%err, "cannot watch an acquire fence; the commit goes ahead"),
-        }
-    }
-
-    /// The CpuCopy executor's turn in a commit: when the surface's buffer is planned CpuCopy
-    /// for the renderer, its damage is copied now; otherwise the surface is drawn as usual.
-    fn run_cpu_copy(&mut self, surface: &WlSurface) {
-        let dmabuf = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| {
-            s.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
-        })
-        .flatten();
-        let copy = dmabuf.filter(|d| {
-            self.backend.coherency().plans.get(d).is_some_and(|p| p.render.1.path == crate::coherency::Path::CpuCopy)
-        });
-        let Some(dmabuf) = copy else {
-            crate::path::cpu_copy::deactivate(surface);
-            return;
-        };
-        match crate::path::cpu_copy::copy_commit(surface, &dmabuf) {
-            Ok(copied) if copied.bytes > 0 => {
-                self.core.counters.cpu_copies += 1;
-                self.core.counters.bytes_copied += copied.bytes;
-                let outputs = self.core.outputs_showing(surface);
-                self.backend.surface_copied(&outputs, copied.bytes);
-                tracing::trace!(bytes = copied.bytes, rects = copied.rects, "cpu copy");
-            }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(%err, "cpu copy failed; the surface keeps its previous content"),
-        }
     }
 }
 

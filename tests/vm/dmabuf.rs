@@ -140,9 +140,18 @@ fn dmabufs_from_every_source_show_exact_pixels() -> Result<(), String> {
             let wl_buffer = fx.client(id).dmabuf_buffer(buffer.as_fd(), (w, h, stride), fourcc as u32, 0, 1);
             window.surface.attach(Some(&wl_buffer), 0, 0);
             window.surface.damage_buffer(0, 0, w, h);
+            fx.client(id).presentation_feedback(&window.surface, 1);
             window.surface.commit();
             fx.roundtrip(id);
-            fx.frame();
+            // A copied buffer's commit applies once the copy thread is done with it: draw
+            // frames until this commit was presented.
+            for _ in 0..500 {
+                fx.frame();
+                if !fx.client(id).state.presentations.is_empty() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
             let shot = fx.screenshot();
             let mut wrong = 0;
             for i in 0..w * h {

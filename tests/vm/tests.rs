@@ -268,12 +268,17 @@ fn cpu_copy_copies_only_the_damage_of_a_vgem_buffer() -> Result<(), String> {
 fn acquire_fence_holds_the_commit_until_it_signals() -> Result<(), String> {
     let (cw, ch) = (CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
     let damage = format!("0,0,{cw},{ch}");
-    let env = [("COHERE_CLIENT_DAMAGE", damage.as_str()), ("COHERE_CLIENT_FENCE", "400")];
-    let run = ClientRun { extra: &[], env: &env, shot: "/tmp/cohere-fence.png", frames: 960, presented: "damage presented" };
-    let log = run_cohere_with_client(run, &alt_image(cw, ch))?;
-    for want in ["held while fenced", "commit held until its buffer's acquire fence signals", "acquire fences commits_held=1"] {
-        if !log.contains(want) {
-            return Err(format!("{want:?} missing:\n{log}"));
+    // A udmabuf pixman reads itself, and a vgem buffer it copies: the copy starts only once
+    // the fence has signalled.
+    for (source, held) in [("udmabuf", "cpu copies copies=0"), ("vgem", "cpu copies copies=2")] {
+        let env = [("COHERE_CLIENT_DAMAGE", damage.as_str()), ("COHERE_CLIENT_FENCE", "400"), ("COHERE_CLIENT_SOURCE", source)];
+        let shot = format!("/tmp/cohere-fence-{source}.png");
+        let run = ClientRun { extra: &[], env: &env, shot: &shot, frames: 960, presented: "damage presented" };
+        let log = run_cohere_with_client(run, &alt_image(cw, ch)).map_err(|e| format!("{source}: {e}"))?;
+        for want in ["held while fenced", "commit held until its buffer's acquire fence signals", "acquire fences commits_held=1", held] {
+            if !log.contains(want) {
+                return Err(format!("{source}: {want:?} missing:\n{log}"));
+            }
         }
     }
     Ok(())
@@ -317,6 +322,15 @@ fn a_disconnect_frees_a_pending_fence_wait() -> Result<(), String> {
     };
     wait_for("commit held until its buffer's acquire fence signals")?;
     let held = sync_files_of(pid)?;
+    // The CPU copy has its own thread (comm is cut to 15 bytes).
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .check("/proc/pid/task")?
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    if !threads.iter().any(|t| t == "cohere-cpu-copy") {
+        return Err(format!("no cpu copy thread among {threads:?}"));
+    }
     wait_for("client disconnected")?;
     std::thread::sleep(Duration::from_millis(100));
     let after = sync_files_of(pid)?;

@@ -19,6 +19,14 @@ pub struct Stats {
     pub decisions: Vec<(String, u64)>,
     /// Each live client buffer: exporter and its plan per consumer.
     pub live_buffers: Vec<String>,
+    /// CPU copies landed and their bytes, over all surfaces.
+    #[serde(default)]
+    pub cpu_copies: u64,
+    #[serde(default)]
+    pub bytes_copied: u64,
+    /// Commits that waited for their buffer's acquire fence.
+    #[serde(default)]
+    pub commits_held_for_fences: u64,
 }
 
 /// [`OutputCounters`] as stored in the stats file.
@@ -61,6 +69,9 @@ impl Stats {
             buffers_rejected: coherency.counters.rejected,
             decisions: coherency.counters.decisions.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             live_buffers: coherency.plans.live_plans().map(|p| format!("{}: {p}", p.exporter)).collect(),
+            cpu_copies: state.core.counters.cpu_copies,
+            bytes_copied: state.core.counters.bytes_copied,
+            commits_held_for_fences: state.core.counters.fence_waits,
         }
     }
 
@@ -84,6 +95,10 @@ impl Stats {
                 c.frames, c.zero_copy_elements, c.composited_elements, c.bytes_copied, c.cursor_plane_frames
             );
         }
+        out += &format!(
+            "\ncpu copies {} ({} bytes), commits held for fences {}\n",
+            self.cpu_copies, self.bytes_copied, self.commits_held_for_fences
+        );
         out += &format!("\nbuffers planned {}, rejected {}\n", self.buffers_planned, self.buffers_rejected);
         for (k, v) in &self.decisions {
             out += &format!("  {k:<32} {v}\n");

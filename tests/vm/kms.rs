@@ -237,7 +237,7 @@ fn kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy() -> Result<(), Strin
     let node = Card::open_driver("virtio_gpu").check("virtio-gpu")?.path.display().to_string();
     let me = me()?;
     let mut run = Running::start_env(
-        &["--drm-device", &node, "--exit-after-frames", "60"],
+        &["--drm-device", &node, "--socket", "kmscopy", "--exit-after-frames", "150"],
         &[&me, CLIENT_MODE, "1280", "800"],
         &[("COHERE_CLIENT_SOURCE", "vgem")],
     )?;
@@ -248,7 +248,14 @@ fn kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy() -> Result<(), Strin
     let card = Card::open_driver("virtio_gpu").check("virtio-gpu")?;
     let (w, h, pixels) = card.read_primary_plane().check("virtio-gpu readback")?;
     drop(card);
+    // The live view counts the copy while cohere runs (stats are written once a second).
+    std::thread::sleep(Duration::from_millis(1100));
+    let live = Command::new(env!("CARGO_BIN_EXE_cohere")).args(["inspect", "--live", "--once", "--socket", "kmscopy"]).output().check("inspect --live")?;
+    let live = String::from_utf8_lossy(&live.stdout).into_owned();
     let (status, log) = run.finish()?;
+    if !live.contains("cpu copies 1 (4096000 bytes)") {
+        return Err(format!("inspect --live:\n{live}"));
+    }
     let wrong = pixels.iter().zip(test_image(w, h)).filter(|(a, b)| **a != *b).count();
     if (w, h) != (1280, 800) || wrong != 0 {
         return Err(format!("{w}x{h}: {wrong} pixels differ from the client's image\n{log}"));

@@ -12,7 +12,7 @@
 //! never signals stalls only its own surface, and a surface that goes takes its waits along.
 
 use smithay::reexports::calloop::generic::Generic;
-use smithay::reexports::calloop::{Interest, Mode, PostAction};
+use smithay::reexports::calloop::{Interest, Mode, PostAction, RegistrationToken};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{Client, Resource, Weak};
 use smithay::wayland::compositor::{
@@ -35,6 +35,8 @@ pub(crate) struct CommitWait {
     client: Client,
     /// The surface's copy sequence number, when the commit waits for a CPU copy.
     copy_seq: Option<u64>,
+    /// The acquire fence's event source while the commit waits for the fence.
+    pub(crate) fence_source: Option<RegistrationToken>,
 }
 
 impl CommitWait {
@@ -93,7 +95,7 @@ impl<B: Backend> State<B> {
             cpu_copy::not_copied(surface);
             return;
         };
-        let copied = self.backend.coherency().plans.get(&dmabuf).is_some_and(|p| p.render.1.path == Path::CpuCopy);
+        let copied = self.copied(&dmabuf);
         if !copied {
             cpu_copy::not_copied(surface);
         }
@@ -120,7 +122,7 @@ impl<B: Backend> State<B> {
         }
         let blocker = FenceBlocker::default();
         let copy_seq = job.as_ref().map(|(_, seq)| *seq);
-        let wait = CommitWait { surface: surface.downgrade(), blocker: blocker.clone(), client, copy_seq };
+        let wait = CommitWait { surface: surface.downgrade(), blocker: blocker.clone(), client, copy_seq, fence_source: None };
         self.core.commit_waits.insert(id, wait);
         let job = job.map(|(job, _)| job);
         match fence {
@@ -133,7 +135,9 @@ impl<B: Backend> State<B> {
                 let source = Generic::new(FenceFd(fd), Interest::READ, Mode::Level);
                 let mut job = job;
                 let inserted = self.core.loop_handle.insert_source(source, move |_, _, state: &mut State<B>| {
-                    state.core.fence_signalled(id);
+                    if let Some(wait) = state.core.commit_waits.get_mut(&id) {
+                        wait.fence_source = None;
+                    }
                     match job.take() {
                         Some(job) => state.submit_copy(job),
                         None => state.release_wait(id),
@@ -142,7 +146,10 @@ impl<B: Backend> State<B> {
                 });
                 match inserted {
                     Ok(token) => {
-                        self.core.fence_wait_started(id, surface, token);
+                        self.core.counters.fence_waits += 1;
+                        if let Some(wait) = self.core.commit_waits.get_mut(&id) {
+                            wait.fence_source = Some(token);
+                        }
                         tracing::debug!(surface = %surface.id(), "commit held until its buffer's acquire fence signals");
                     }
                     Err(err) => {
@@ -200,11 +207,12 @@ impl<B: Backend> State<B> {
     /// The executors' part of an applied commit: a surface whose buffer is copied is drawn from
     /// its shadow, any other the usual way.
     pub(crate) fn committed(&mut self, surface: &WlSurface) {
-        let dmabuf = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| {
-            s.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
-        })
-        .flatten();
-        let copied = dmabuf.is_some_and(|d| self.backend.coherency().plans.get(&d).is_some_and(|p| p.render.1.path == Path::CpuCopy));
+        let copied = crate::import::surface_dmabuf(surface).is_some_and(|d| self.copied(&d));
         cpu_copy::set_active(surface, copied);
+    }
+
+    /// The plan has the renderer read `dmabuf` through a CPU copy.
+    fn copied(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
+        self.backend.coherency().plans.render_path(dmabuf) == Some(Path::CpuCopy)
     }
 }

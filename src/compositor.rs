@@ -374,7 +374,7 @@ impl<B: Backend> Compositor<B> {
             self.state.core.control.exit = Some(Exit::Failed);
         }
         self.reap_app();
-        self.state.core.prune_fence_waits();
+        self.state.core.prune_commit_waits();
         self.flush();
         self.state.core.control.exit
     }

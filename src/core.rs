@@ -9,9 +9,8 @@ use smithay::input::{Seat, SeatState};
 use smithay::output::{Mode, Output, PhysicalProperties, Scale, Subpixel};
 use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason};
 use smithay::reexports::wayland_server::protocol::wl_shm;
-use smithay::reexports::calloop::{LoopHandle, RegistrationToken};
-use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
-use smithay::reexports::wayland_server::{DisplayHandle, Resource, Weak};
+use smithay::reexports::calloop::LoopHandle;
+use smithay::reexports::wayland_server::DisplayHandle;
 use smithay::utils::{Clock, Monotonic, Point, Size, Transform};
 use smithay::wayland::compositor::{CompositorClientState, CompositorState};
 use smithay::wayland::output::OutputManagerState;
@@ -131,10 +130,8 @@ pub struct Core<B: Backend> {
     pub control: crate::compositor::Control,
     pub loop_handle: LoopHandle<'static, State<B>>,
     pub cursor: Cursor,
-    /// Acquire-fence sources of held commits: (wait id, surface, source). An entry goes when
-    /// its fence signals, or with its surface (so a disconnect frees every wait).
-    pub(crate) fence_waits: Vec<(u64, Weak<WlSurface>, RegistrationToken)>,
-    /// Commits cohere holds (fence, CPU copy), by wait id; see [`crate::commit`].
+    /// Commits cohere holds (fence, CPU copy), by wait id; see [`crate::commit`]. An entry
+    /// goes when its commit is let through, or with its surface (a disconnect frees its waits).
     pub(crate) commit_waits: std::collections::HashMap<u64, crate::commit::CommitWait>,
     next_wait_id: u64,
     /// The CPU copy's thread (`None` if it couldn't start: copies then fail, visibly).
@@ -149,29 +146,19 @@ impl<B: Backend> Core<B> {
         self.next_wait_id
     }
 
-    /// Remembers the acquire-fence source of commit wait `id`.
-    pub(crate) fn fence_wait_started(&mut self, id: u64, surface: &WlSurface, token: RegistrationToken) {
-        self.counters.fence_waits += 1;
-        self.fence_waits.push((id, surface.downgrade(), token));
-    }
-
-    /// The fence of wait `id` signalled (its source removes itself).
-    pub(crate) fn fence_signalled(&mut self, id: u64) {
-        self.fence_waits.retain(|(i, _, _)| *i != id);
-    }
-
     /// Drops the waits of surfaces that are gone (their client disconnected or destroyed
-    /// them): fence sources and their fds go with them, signalled or not.
-    pub fn prune_fence_waits(&mut self) {
+    /// them): a fence's source and fd go with its wait, signalled or not.
+    pub fn prune_commit_waits(&mut self) {
         let handle = self.loop_handle.clone();
-        self.fence_waits.retain(|(_, surface, token)| {
-            let alive = surface.upgrade().is_ok_and(|s| s.is_alive());
+        self.commit_waits.retain(|_, wait| {
+            let alive = wait.surface_alive();
             if !alive {
-                handle.remove(*token);
+                if let Some(token) = wait.fence_source.take() {
+                    handle.remove(token);
+                }
             }
             alive
         });
-        self.commit_waits.retain(|_, wait| wait.surface_alive());
     }
 }
 
@@ -209,7 +196,6 @@ impl<B: Backend> Core<B> {
             counters: Counters::default(),
             loop_handle,
             cursor: Cursor::default(),
-            fence_waits: Vec::new(),
             commit_waits: Default::default(),
             next_wait_id: 0,
             copy_worker,

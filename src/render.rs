@@ -158,7 +158,7 @@ fn fenced_since_commit(states: &SurfaceData) -> bool {
         let data = data.lock().unwrap_or_else(|e| e.into_inner());
         data.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
     };
-    let fenced = dmabuf.is_some_and(|d| matches!(crate::sync::acquire(&d), crate::sync::Acquire::Wait(_)));
+    let fenced = dmabuf.is_some_and(|d| crate::sync::is_being_written(&d));
     if fenced {
         tracing::debug!("surface skipped: its buffer gained a write fence after the commit");
     }

@@ -62,7 +62,7 @@ pub(crate) fn wants_test_import(plan: &crate::coherency::BufferPlan, dmabuf: &sm
     if !plan.render.1.path.reads_buffer() {
         return false;
     }
-    let ready = matches!(crate::sync::acquire(dmabuf), crate::sync::Acquire::Ready);
+    let ready = !crate::sync::is_being_written(dmabuf);
     if !ready {
         tracing::debug!("test import deferred: the buffer's write fence hasn't signalled");
     }

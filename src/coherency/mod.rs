@@ -61,6 +61,11 @@ impl PlanCache {
         self.entries.iter().find(|(w, _, _)| *w == weak).map(|(_, _, p)| p)
     }
 
+    /// How the renderer gets `dmabuf`'s pixels, when it has a plan.
+    pub fn render_path(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<Path> {
+        self.get(dmabuf).map(|p| p.render.1.path)
+    }
+
     /// Drops entries whose buffer is gone.
     pub fn prune(&mut self) {
         self.entries.retain(|(w, _, _)| w.upgrade().is_some());

@@ -204,6 +204,15 @@ impl ImportState {
     }
 }
 
+/// The dma-buf of `surface`'s current buffer, if it is one (cohere's `wl_buffer`s carry their
+/// `Dmabuf` as user data).
+pub fn surface_dmabuf(surface: &WlSurface) -> Option<Dmabuf> {
+    smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| {
+        s.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
+    })
+    .flatten()
+}
+
 /// Delegates linux-dmabuf and dma-buf `wl_buffer`s of `$ty` to [`ImportState`]. `$ty` must
 /// implement [`ImportHandler`].
 #[macro_export]

@@ -8,7 +8,7 @@
 //! The fence comes from `DMA_BUF_IOCTL_EXPORT_SYNC_FILE` (kernel ≥ 6.0). Without it, `poll()` on
 //! the dma-buf itself reports readable once its write fences signal.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -37,19 +37,24 @@ pub fn acquire(dmabuf: &Dmabuf) -> Acquire {
     Acquire::Ready
 }
 
-fn pending(fd: std::os::fd::BorrowedFd<'_>) -> Option<OwnedFd> {
+fn pending(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
     match export_sync_file(fd, DmabufAccess::Read) {
         Ok(fence) => (!fence.is_signaled().unwrap_or(true)).then(|| fence.into_fd()),
-        Err(_) => {
-            let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
-            let ready = rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).map(|n| n > 0).unwrap_or(true);
-            if ready {
-                None
-            } else {
-                fd.try_clone_to_owned().ok()
-            }
-        }
+        Err(_) => (!writers_done(fd)).then(|| fd.try_clone_to_owned().ok()).flatten(),
     }
+}
+
+/// Whether a device is still writing `dmabuf` (an unsignalled write fence). Cheaper than
+/// [`acquire`], which makes a sync_file to wait on: for checks on every frame or copy.
+pub fn is_being_written(dmabuf: &Dmabuf) -> bool {
+    dmabuf.handles().any(|fd| !writers_done(fd))
+}
+
+/// `poll()` on a dma-buf reports readable once its write fences have signalled (the same
+/// fences EXPORT_SYNC_FILE with READ returns). An fd that can't be polled counts as done.
+fn writers_done(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+    rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).map(|n| n > 0).unwrap_or(true)
 }
 
 /// Holds a commit until [`FenceBlocker::release`] is called (by the fence's event source).

@@ -8,6 +8,6 @@ pub mod acquire;
 pub mod dmabuf;
 pub mod sync_file;
 
-pub use acquire::{acquire, Acquire, FenceBlocker, FenceFd};
+pub use acquire::{acquire, is_being_written, Acquire, FenceBlocker, FenceFd};
 pub use dmabuf::{export_sync_file, import_sync_file, DmabufAccess};
 pub use sync_file::SyncFile;

@@ -177,29 +177,49 @@ fn kms_override_composites_instead_with_exact_pixels() -> Result<(), String> {
     Ok(())
 }
 
+/// cohere on virtio-gpu with the test client full screen (1280x800), its card and output names
+/// as this boot has them (a hotplug test in the same boot renumbers them), and the primary
+/// plane once the client's buffer was presented.
+struct VirtioRun {
+    run: Running,
+    card: String,
+    output: String,
+    screen: (u32, u32, Vec<u32>),
+}
+
+impl VirtioRun {
+    fn start(socket: &str, env: &[(&str, &str)]) -> Result<VirtioRun, String> {
+        // Only look the node up: an open card node of ours would be DRM master and lock cohere out.
+        let node = Card::open_driver("virtio_gpu").check("virtio-gpu")?.path.display().to_string();
+        let me = me()?;
+        let mut run = Running::start_env(
+            &["--drm-device", &node, "--socket", socket, "--exit-after-frames", "150"],
+            &[&me, CLIENT_MODE, "1280", "800"],
+            env,
+        )?;
+        let added = run.wait_for("KMS output")?;
+        let field = |name: &str| added.split(&format!("{name}=\"")).nth(1).and_then(|v| v.split('"').next()).map(str::to_owned);
+        let (card, output) = (field("card").ok_or("card name")?, field("output").ok_or("output name")?);
+        run.wait_for("udmabuf buffer presented")?;
+        // Give the flip a frame to land, then read what the primary plane scans out.
+        std::thread::sleep(Duration::from_millis(50));
+        let screen = Card::open_driver("virtio_gpu").check("virtio-gpu")?.read_primary_plane().check("virtio-gpu readback")?;
+        Ok(VirtioRun { run, card, output, screen })
+    }
+}
+
+/// `cohere inspect --live --once` for the compositor on `socket`, after the next stats write
+/// (once a second).
+fn live_view(socket: &str) -> Result<String, String> {
+    std::thread::sleep(Duration::from_millis(1100));
+    let live = Command::new(env!("CARGO_BIN_EXE_cohere")).args(["inspect", "--live", "--once", "--socket", socket]).output().check("inspect --live")?;
+    Ok(format!("{}{}", String::from_utf8_lossy(&live.stdout), String::from_utf8_lossy(&live.stderr)))
+}
+
 fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
-    // Only look the node up: an open card node of ours would be DRM master and lock cohere out.
-    let node = Card::open_driver("virtio_gpu").check("virtio-gpu")?.path.display().to_string();
-    let me = me()?;
-    let mut run = Running::start(
-        &["--drm-device", &node, "--socket", "kmslive", "--exit-after-frames", "150"],
-        &[&me, CLIENT_MODE, "1280", "800"],
-    )?;
-    // Names as this boot has them (a hotplug test in the same boot renumbers them).
-    let added = run.wait_for("KMS output")?;
-    let field = |name: &str| added.split(&format!("{name}=\"")).nth(1).and_then(|v| v.split('"').next()).map(str::to_owned);
-    let (card_name, output) = (field("card").ok_or("card name")?, field("output").ok_or("output name")?);
-    run.wait_for("udmabuf buffer presented")?;
-    // Give the flip a frame to land, then read what the primary plane scans out.
-    std::thread::sleep(Duration::from_millis(50));
-    let card = Card::open_driver("virtio_gpu").check("virtio-gpu")?;
-    let (w, h, pixels) = card.read_primary_plane().check("virtio-gpu readback")?;
-    drop(card);
-    // The live view shows the same story while it runs (stats are written once a second).
-    std::thread::sleep(Duration::from_millis(1100));
-    let live = Command::new(env!("CARGO_BIN_EXE_cohere")).args(["inspect", "--live", "--once", "--socket", "kmslive"]).output().check("inspect --live")?;
-    let live = format!("{}{}", String::from_utf8_lossy(&live.stdout), String::from_utf8_lossy(&live.stderr));
+    let VirtioRun { run, card: card_name, output, screen: (w, h, pixels) } = VirtioRun::start("kmslive", &[])?;
+    let live = live_view("kmslive")?;
     let composited_now = live
         .lines()
         .find(|l| l.starts_with(&output))
@@ -234,24 +254,9 @@ fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
 /// primary plane shows the client's image exactly, and the counters say copied and composited.
 fn kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
-    let node = Card::open_driver("virtio_gpu").check("virtio-gpu")?.path.display().to_string();
-    let me = me()?;
-    let mut run = Running::start_env(
-        &["--drm-device", &node, "--socket", "kmscopy", "--exit-after-frames", "150"],
-        &[&me, CLIENT_MODE, "1280", "800"],
-        &[("COHERE_CLIENT_SOURCE", "vgem")],
-    )?;
-    let added = run.wait_for("KMS output")?;
-    let output = added.split("output=\"").nth(1).and_then(|v| v.split('"').next()).ok_or("output name")?.to_owned();
-    run.wait_for("udmabuf buffer presented")?;
-    std::thread::sleep(Duration::from_millis(50));
-    let card = Card::open_driver("virtio_gpu").check("virtio-gpu")?;
-    let (w, h, pixels) = card.read_primary_plane().check("virtio-gpu readback")?;
-    drop(card);
-    // The live view counts the copy while cohere runs (stats are written once a second).
-    std::thread::sleep(Duration::from_millis(1100));
-    let live = Command::new(env!("CARGO_BIN_EXE_cohere")).args(["inspect", "--live", "--once", "--socket", "kmscopy"]).output().check("inspect --live")?;
-    let live = String::from_utf8_lossy(&live.stdout).into_owned();
+    let VirtioRun { run, output, screen: (w, h, pixels), .. } = VirtioRun::start("kmscopy", &[("COHERE_CLIENT_SOURCE", "vgem")])?;
+    // The live view counts the copy while cohere runs.
+    let live = live_view("kmscopy")?;
     let (status, log) = run.finish()?;
     if !live.contains("cpu copies 1 (4096000 bytes)") {
         return Err(format!("inspect --live:\n{live}"));

@@ -90,9 +90,7 @@ impl Drm {
     /// Feedback for a surface: a scanout tranche for the device its buffer's plan allows direct
     /// scanout on, then the render tranche; `None` (the default feedback) otherwise.
     fn feedback_for(&self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) -> Option<crate::import::Feedback> {
-        let dmabuf = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| {
-            s.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
-        })??;
+        let dmabuf = crate::import::surface_dmabuf(surface)?;
         let node = dmabuf.node()?;
         let device = self.devices.get(&node)?;
         let render = self.import.formats().to_vec();

@@ -93,7 +93,7 @@ pub fn read(dmabuf: &Dmabuf, rects: &[Rectangle<i32, BufferCoords>], cpp: usize)
     }
     // The commit waited for the buffer's acquire fence. SYNC(START) would wait for a write
     // fence added since (a client writing a buffer it handed over): refuse instead.
-    if matches!(crate::sync::acquire(dmabuf), crate::sync::Acquire::Wait(_)) {
+    if crate::sync::is_being_written(dmabuf) {
         return Err(CopyError::Fenced);
     }
     let len = need as usize;

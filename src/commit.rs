@@ -15,10 +15,8 @@ use smithay::reexports::calloop::generic::Generic;
 use smithay::reexports::calloop::{Interest, Mode, PostAction, RegistrationToken};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{Client, Resource, Weak};
-use smithay::wayland::compositor::{
-    add_blocker, with_states, BufferAssignment, CompositorHandler, Damage, SurfaceAttributes,
-};
 use smithay::utils::Rectangle;
+use smithay::wayland::compositor::{add_blocker, with_states, BufferAssignment, CompositorHandler, Damage, SurfaceAttributes};
 use smithay::wayland::viewporter::ViewportCachedState;
 
 use crate::backend::Backend;
@@ -189,7 +187,8 @@ impl<B: Backend> State<B> {
                 self.backend.surface_copied(&outputs, bytes);
                 tracing::trace!(bytes, "cpu copy landed");
             }
-            let id = self.core.commit_waits.iter().find(|(_, w)| w.copy_seq == Some(seq) && w.surface == surface.downgrade()).map(|(id, _)| *id);
+            let id =
+                self.core.commit_waits.iter().find(|(_, w)| w.copy_seq == Some(seq) && w.surface == surface.downgrade()).map(|(id, _)| *id);
             if let Some(id) = id {
                 self.release_wait(id);
             }

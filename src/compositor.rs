@@ -146,8 +146,7 @@ pub struct Compositor<B: Backend> {
 impl Compositor<Headless> {
     /// Starts a headless compositor with the given options.
     pub fn new_headless(options: Options) -> Result<Self, StartError> {
-        let event_loop: EventLoop<'static, State<Headless>> =
-            EventLoop::try_new().map_err(|e| StartError::EventLoop(e.to_string()))?;
+        let event_loop: EventLoop<'static, State<Headless>> = EventLoop::try_new().map_err(|e| StartError::EventLoop(e.to_string()))?;
         let display: Display<State<Headless>> = Display::new().map_err(|e| StartError::Display(e.to_string()))?;
         let dh = display.handle();
         let main_device = options.dmabuf_main_device.or_else(first_render_node);
@@ -196,12 +195,7 @@ impl Compositor<Headless> {
     /// Renders and presents one frame on `output` now (manual pacing).
     #[cfg(feature = "test-support")]
     pub fn advance_frame(&mut self, output: &Output) {
-        let interval = self
-            .state
-            .core
-            .output_config(output)
-            .map(|c| c.refresh_interval())
-            .unwrap_or(Duration::from_millis(16));
+        let interval = self.state.core.output_config(output).map(|c| c.refresh_interval()).unwrap_or(Duration::from_millis(16));
         headless_frame(&mut self.state, output, interval);
         self.flush();
     }
@@ -288,10 +282,9 @@ impl<B: Backend> Compositor<B> {
             .map_err(|e| StartError::EventLoop(e.to_string()))?;
 
         let socket = match socket {
-            SocketChoice::Auto => Some(ListeningSocketSource::new_auto().map_err(|e| StartError::Socket {
-                name: "wayland-N".into(),
-                reason: e.to_string(),
-            })?),
+            SocketChoice::Auto => Some(
+                ListeningSocketSource::new_auto().map_err(|e| StartError::Socket { name: "wayland-N".into(), reason: e.to_string() })?,
+            ),
             SocketChoice::Named(name) => Some(ListeningSocketSource::with_name(name).map_err(|e| StartError::Socket {
                 name: name.clone(),
                 reason: match e {

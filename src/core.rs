@@ -7,9 +7,9 @@ use std::time::Duration;
 use smithay::desktop::{PopupManager, Space, Window};
 use smithay::input::{Seat, SeatState};
 use smithay::output::{Mode, Output, PhysicalProperties, Scale, Subpixel};
+use smithay::reexports::calloop::LoopHandle;
 use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason};
 use smithay::reexports::wayland_server::protocol::wl_shm;
-use smithay::reexports::calloop::LoopHandle;
 use smithay::reexports::wayland_server::DisplayHandle;
 use smithay::utils::{Clock, Monotonic, Point, Size, Transform};
 use smithay::wayland::compositor::{CompositorClientState, CompositorState};
@@ -20,8 +20,8 @@ use smithay::wayland::shell::xdg::XdgShellState;
 use smithay::wayland::shm::ShmState;
 use smithay::wayland::viewporter::ViewporterState;
 
-use crate::shell::{Shell, ShellMode};
 use crate::backend::Backend;
+use crate::shell::{Shell, ShellMode};
 use crate::State;
 
 /// One virtual or physical output as the user configured it.
@@ -208,12 +208,7 @@ impl<B: Backend> Core<B> {
     pub fn add_output(&mut self, name: &str, config: OutputConfig, model: &str) -> Output {
         let output = Output::new(
             name.to_owned(),
-            PhysicalProperties {
-                size: (0, 0).into(),
-                subpixel: Subpixel::Unknown,
-                make: "cohere".into(),
-                model: model.into(),
-            },
+            PhysicalProperties { size: (0, 0).into(), subpixel: Subpixel::Unknown, make: "cohere".into(), model: model.into() },
         );
         let x: i32 = self.outputs.iter().map(|(_, c, _)| c.size.0).sum();
         let mode = Mode { size: config.size.into(), refresh: config.refresh_mhz as i32 };

@@ -59,8 +59,7 @@ pub fn arrow_pixels() -> Vec<Vec<Option<u32>>> {
 pub fn arrow() -> MemoryRenderBuffer {
     let pixels = arrow_pixels();
     let (w, h) = (ARROW[0].len(), ARROW.len());
-    let bytes: Vec<u8> =
-        pixels.iter().flatten().flat_map(|p| p.map_or(0u32, |rgb| 0xff00_0000 | rgb).to_le_bytes()).collect();
+    let bytes: Vec<u8> = pixels.iter().flatten().flat_map(|p| p.map_or(0u32, |rgb| 0xff00_0000 | rgb).to_le_bytes()).collect();
     MemoryRenderBuffer::from_slice(&bytes, Fourcc::Argb8888, (w as i32, h as i32), 1, Transform::Normal, None)
 }
 

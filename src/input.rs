@@ -3,8 +3,8 @@
 //! the window under it (click to focus).
 
 use smithay::backend::input::{
-    AbsolutePositionEvent, Axis, AxisSource, ButtonState, Event, InputBackend, InputEvent, KeyboardKeyEvent,
-    PointerAxisEvent, PointerButtonEvent, PointerMotionEvent,
+    AbsolutePositionEvent, Axis, AxisSource, ButtonState, Event, InputBackend, InputEvent, KeyboardKeyEvent, PointerAxisEvent,
+    PointerButtonEvent, PointerMotionEvent,
 };
 use smithay::input::keyboard::FilterResult;
 use smithay::input::pointer::{AxisFrame, ButtonEvent, MotionEvent, RelativeMotionEvent};
@@ -49,7 +49,10 @@ impl<B: Backend> State<B> {
                 if event.state() == ButtonState::Pressed {
                     self.click_at(pointer.current_location());
                 }
-                pointer.button(self, &ButtonEvent { button: event.button_code(), state: event.state(), serial, time: Event::time_msec(&event) });
+                pointer.button(
+                    self,
+                    &ButtonEvent { button: event.button_code(), state: event.state(), serial, time: Event::time_msec(&event) },
+                );
                 pointer.frame(self);
             }
             InputEvent::PointerAxis { event } => {
@@ -78,8 +81,7 @@ impl<B: Backend> State<B> {
         location: Point<f64, Logical>,
     ) -> Option<(smithay::reexports::wayland_server::protocol::wl_surface::WlSurface, Point<f64, Logical>)> {
         let (window, loc) = self.core.space.element_under(location)?;
-        let (surface, surface_loc) =
-            window.surface_under(location - loc.to_f64(), smithay::desktop::WindowSurfaceType::ALL)?;
+        let (surface, surface_loc) = window.surface_under(location - loc.to_f64(), smithay::desktop::WindowSurfaceType::ALL)?;
         Some((surface, (surface_loc + loc).to_f64()))
     }
 

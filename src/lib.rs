@@ -48,8 +48,8 @@ pub mod reexports {
     pub use smithay;
 }
 
-pub use backend::headless::{Headless, RendererKind};
 pub use backend::drm::Drm;
+pub use backend::headless::{Headless, RendererKind};
 pub use backend::{Backend, OutputCounters};
 pub use compositor::{Compositor, Exit, FramePacing, Options, ScreenshotRequest, SocketChoice, StartError};
 pub use core::{Core, Counters, OutputConfig};

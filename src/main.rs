@@ -217,7 +217,8 @@ fn inspect_live(args: &InspectArgs) -> anyhow::Result<u8> {
     let socket = args.socket.clone().or_else(|| std::env::var("WAYLAND_DISPLAY").ok()).context("no --socket and no WAYLAND_DISPLAY")?;
     let path = cohere::stats::path_for(&socket).context("XDG_RUNTIME_DIR is not set")?;
     loop {
-        let stats = cohere::stats::Stats::read(&path).with_context(|| format!("no live stats at {} (is cohere running on {socket}?)", path.display()))?;
+        let stats = cohere::stats::Stats::read(&path)
+            .with_context(|| format!("no live stats at {} (is cohere running on {socket}?)", path.display()))?;
         let mut out = std::io::stdout().lock();
         if args.json {
             serde_json::to_writer_pretty(&mut out, &stats)?;
@@ -263,7 +264,9 @@ fn run(cli: RunArgs) -> anyhow::Result<u8> {
         match Compositor::new_drm(options(&cli)?) {
             Ok(compositor) => return drive(compositor, &cli.command),
             // A device asked for by name must work; otherwise fall back to headless and say why.
-            Err(err) if cli.drm_device.is_some() => bail!("KMS on {}: {err}", cli.drm_device.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+            Err(err) if cli.drm_device.is_some() => {
+                bail!("KMS on {}: {err}", cli.drm_device.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+            }
             Err(err) => eprintln!("cohere: KMS not available ({err}); running headless"),
         }
     }

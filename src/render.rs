@@ -25,8 +25,8 @@ use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::wayland::compositor::{with_surface_tree_downward, SurfaceData, TraversalAction};
 
 use crate::backend::Backend;
-use crate::path::cpu_copy::CopiedSurfaceElement;
 use crate::core::Core;
+use crate::path::cpu_copy::CopiedSurfaceElement;
 
 /// Desktop background where no window is.
 pub const DESKTOP_BACKGROUND: [f32; 4] = rgb(0x14, 0x17, 0x1c);
@@ -112,8 +112,13 @@ where
 /// One surface tree's elements, topmost first: each surface is drawn from its buffer, or from
 /// the CpuCopy executor's shadow when its buffer's plan says CpuCopy. Mirrors smithay's
 /// `render_elements_from_surface_tree`, which can't make that substitution.
-fn surface_tree_elements<R>(renderer: &mut R, root: &WlSurface, location: Point<i32, Physical>, scale: Scale<f64>, out: &mut Vec<OutputElement<R>>)
-where
+fn surface_tree_elements<R>(
+    renderer: &mut R,
+    root: &WlSurface,
+    location: Point<i32, Physical>,
+    scale: Scale<f64>,
+    out: &mut Vec<OutputElement<R>>,
+) where
     R: Renderer + ImportAll + ImportMem,
     R::TextureId: Clone + Texture + Send + 'static,
 {
@@ -249,9 +254,7 @@ where
     R: ExportMem,
 {
     let region: Rectangle<i32, BufferCoords> = Rectangle::from_size((width as i32, height as i32).into());
-    let mapping = renderer
-        .copy_framebuffer(framebuffer, region, Fourcc::Abgr8888)
-        .map_err(|e| ScreenshotError::Readback(e.to_string()))?;
+    let mapping = renderer.copy_framebuffer(framebuffer, region, Fourcc::Abgr8888).map_err(|e| ScreenshotError::Readback(e.to_string()))?;
     let bytes = renderer.map_texture(&mapping).map_err(|e| ScreenshotError::Readback(e.to_string()))?;
     let stride = width as usize * 4;
     let expected = stride * height as usize;

@@ -13,9 +13,7 @@ use smithay::wayland::compositor::{
 };
 use smithay::wayland::output::OutputHandler;
 use smithay::wayland::shm::{ShmHandler, ShmState};
-use smithay::{
-    delegate_compositor, delegate_output, delegate_presentation, delegate_seat, delegate_shm, delegate_viewporter,
-};
+use smithay::{delegate_compositor, delegate_output, delegate_presentation, delegate_seat, delegate_shm, delegate_viewporter};
 
 use crate::backend::Backend;
 use crate::core::{ClientState, Core};

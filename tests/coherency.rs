@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use cohere::coherency::{
-    plan, probe, report::Report, Access, BufferPlan, ConsumerFacts, ExporterFacts, Fact, MachineFacts, MemoryType, Path,
-    ProbeOptions, Quirks, RendererChoice, Source,
+    plan, probe, report::Report, Access, BufferPlan, ConsumerFacts, ExporterFacts, Fact, MachineFacts, MemoryType, Path, ProbeOptions,
+    Quirks, RendererChoice, Source,
 };
 use proptest::prelude::*;
 
@@ -128,7 +128,8 @@ fn inspect_prints_the_fixture_machine() {
     let out = Command::new(env!("CARGO_BIN_EXE_cohere")).args(["inspect", "--json", "--sysfs"]).arg(fixture("vm")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let drivers: Vec<&str> = json["machine"]["devices"].as_array().unwrap().iter().map(|d| d["driver"]["value"].as_str().unwrap()).collect();
+    let drivers: Vec<&str> =
+        json["machine"]["devices"].as_array().unwrap().iter().map(|d| d["driver"]["value"].as_str().unwrap()).collect();
     assert_eq!(drivers, ["vgem", "vkms", "virtio_gpu"]);
     assert_eq!(json["machine"]["devices"][2]["imports_foreign"]["value"], false);
     assert_eq!(json["machine"]["devices"][2]["imports_foreign"]["source"]["kind"], "quirk");
@@ -142,8 +143,16 @@ fn bad_config_and_quirk_files_stop_cohere_with_file_line_and_field() {
     let quirks = dir.path().join("quirks.toml");
     std::fs::write(&quirks, "[exporter.udmabuf]\n\nmemory = \"cahced\"\n").unwrap();
     for (flag, file, line, field) in [("--config", &config, 3, "render_snooping"), ("--quirks", &quirks, 3, "memory")] {
-        for args in [vec!["inspect", "--sysfs", "/nonexistent"], vec!["--headless", "--exit-after-frames", "1", "--socket", "cohere-test-bad"]] {
-            let out = Command::new(env!("CARGO_BIN_EXE_cohere")).args(&args).arg(flag).arg(file).env("XDG_RUNTIME_DIR", dir.path()).output().unwrap();
+        for args in
+            [vec!["inspect", "--sysfs", "/nonexistent"], vec!["--headless", "--exit-after-frames", "1", "--socket", "cohere-test-bad"]]
+        {
+            let out = Command::new(env!("CARGO_BIN_EXE_cohere"))
+                .args(&args)
+                .arg(flag)
+                .arg(file)
+                .env("XDG_RUNTIME_DIR", dir.path())
+                .output()
+                .unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{args:?} {flag}: {err}");
             let want = format!("{}:{line}: field `{field}`", file.display());
@@ -165,7 +174,8 @@ fn arb_source() -> impl Strategy<Value = Source> {
 }
 
 fn arb_exporter() -> impl Strategy<Value = ExporterFacts> {
-    let memory = prop_oneof![Just(MemoryType::Cached), Just(MemoryType::WriteCombined), Just(MemoryType::Uncached), Just(MemoryType::Device)];
+    let memory =
+        prop_oneof![Just(MemoryType::Cached), Just(MemoryType::WriteCombined), Just(MemoryType::Uncached), Just(MemoryType::Device)];
     (memory, any::<bool>(), any::<bool>(), arb_source()).prop_map(|(m, sync, map, s)| ExporterFacts {
         name: Fact::new("x".into(), s.clone()),
         memory: Fact::new(m, s.clone()),

@@ -23,9 +23,7 @@ fn cohere(args: &[&str]) -> Output {
 }
 
 fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
+    let found = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false);
     assert!(found, "{tool} is not installed: the README's setup installs it (weston / wayland-utils)");
 }
 
@@ -113,8 +111,18 @@ fn wayland_info_lists_every_global() {
 fn several_outputs_are_advertised_side_by_side() {
     require("wayland-info");
     let out = cohere(&[
-        "--headless", "--kiosk", "--socket", "cohere-test-outputs", "--size", "640x480", "--size", "320x200", "--refresh", "50",
-        "--", "wayland-info",
+        "--headless",
+        "--kiosk",
+        "--socket",
+        "cohere-test-outputs",
+        "--size",
+        "640x480",
+        "--size",
+        "320x200",
+        "--refresh",
+        "50",
+        "--",
+        "wayland-info",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
@@ -130,8 +138,18 @@ fn weston_simple_shm_kiosk_is_centred_fullscreen() {
     require("weston-simple-shm");
     let path = shot_path("kiosk-simple-shm");
     let out = cohere(&[
-        "--headless", "--kiosk", "--socket", "cohere-test-kiosk", "--screenshot", path.to_str().unwrap(),
-        "--after-frames", "30", "--exit-after-frames", "30", "--", "weston-simple-shm",
+        "--headless",
+        "--kiosk",
+        "--socket",
+        "cohere-test-kiosk",
+        "--screenshot",
+        path.to_str().unwrap(),
+        "--after-frames",
+        "30",
+        "--exit-after-frames",
+        "30",
+        "--",
+        "weston-simple-shm",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let png = Png::read(&path);
@@ -149,8 +167,19 @@ fn weston_simple_shm_desktop_at_own_size() {
     for renderer in ["pixman", "gles"] {
         let path = shot_path(&format!("desktop-simple-shm-{renderer}"));
         let out = cohere(&[
-            "--headless", "--desktop", "--renderer", renderer, "--socket", &format!("cohere-test-desk-{renderer}"),
-            "--screenshot", path.to_str().unwrap(), "--after-frames", "30", "--exit-after-frames", "30", "--",
+            "--headless",
+            "--desktop",
+            "--renderer",
+            renderer,
+            "--socket",
+            &format!("cohere-test-desk-{renderer}"),
+            "--screenshot",
+            path.to_str().unwrap(),
+            "--after-frames",
+            "30",
+            "--exit-after-frames",
+            "30",
+            "--",
             "weston-simple-shm",
         ]);
         assert!(out.status.success(), "{renderer}: {}", String::from_utf8_lossy(&out.stderr));

@@ -17,10 +17,10 @@ use smithay::reexports::wayland_server::DisplayHandle;
 
 use crate::backend::Backend;
 use crate::coherency::{CoherencyState, ProbeOptions, Quirks, RendererChoice};
-use crate::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
-use crate::State;
 use crate::core::Core;
-use crate::render::{output_elements, read_framebuffer, clear_color, Screenshot, ScreenshotError};
+use crate::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
+use crate::render::{clear_color, output_elements, read_framebuffer, Screenshot, ScreenshotError};
+use crate::State;
 
 /// Which renderer the headless backend draws with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,10 +90,7 @@ where
         let buffer_size = (size.w, size.h).into();
         let mut slots = Vec::with_capacity(SWAPCHAIN_LEN);
         for _ in 0..SWAPCHAIN_LEN {
-            let target = self
-                .renderer
-                .create_buffer(self.format, buffer_size)
-                .map_err(|e| HeadlessError::Render(e.to_string()))?;
+            let target = self.renderer.create_buffer(self.format, buffer_size).map_err(|e| HeadlessError::Render(e.to_string()))?;
             slots.push(Slot { target, rendered_at: None });
         }
         self.outputs.push(OffscreenOutput {
@@ -107,11 +104,7 @@ where
     }
 
     fn render<B: Backend>(&mut self, output: &Output, core: &Core<B>) -> Result<FrameReport, HeadlessError> {
-        let out = self
-            .outputs
-            .iter_mut()
-            .find(|o| &o.output == output)
-            .ok_or_else(|| HeadlessError::UnknownOutput(output.name()))?;
+        let out = self.outputs.iter_mut().find(|o| &o.output == output).ok_or_else(|| HeadlessError::UnknownOutput(output.name()))?;
         out.frame += 1;
         let index = out.front.map_or(0, |f| (f + 1) % out.slots.len());
         let slot = &mut out.slots[index];
@@ -141,10 +134,7 @@ where
         let out = self.outputs.iter_mut().find(|o| &o.output == output).ok_or(ScreenshotError::NoFrame)?;
         let front = out.front.ok_or(ScreenshotError::NoFrame)?;
         let size = output.current_mode().map(|m| m.size).unwrap_or_default();
-        let framebuffer = self
-            .renderer
-            .bind(&mut out.slots[front].target)
-            .map_err(|e| ScreenshotError::Readback(e.to_string()))?;
+        let framebuffer = self.renderer.bind(&mut out.slots[front].target).map_err(|e| ScreenshotError::Readback(e.to_string()))?;
         read_framebuffer(&mut self.renderer, &framebuffer, size.w.max(0) as u32, size.h.max(0) as u32)
     }
 }
@@ -182,11 +172,9 @@ impl Headless {
                 format: Fourcc::Argb8888,
                 outputs: Vec::new(),
             }),
-            RendererKind::Gles => AnyRenderer::Gles(Swapchains {
-                renderer: software_gles()?,
-                format: Fourcc::Abgr8888,
-                outputs: Vec::new(),
-            }),
+            RendererKind::Gles => {
+                AnyRenderer::Gles(Swapchains { renderer: software_gles()?, format: Fourcc::Abgr8888, outputs: Vec::new() })
+            }
         };
         // Both headless renderers read client buffers through CPU mappings.
         let name = match kind {

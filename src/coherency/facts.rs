@@ -238,7 +238,12 @@ impl MachineFacts {
             Some(d) => Fact::new(false, d.implicit_linear.source.clone()),
             None => {
                 let names: Vec<&str> = self.devices.iter().map(|d| d.driver.value.as_str()).collect();
-                Fact::new(true, Source::Default { rule: format!("every DRM device ({}) allocates implicit-modifier buffers linearly", names.join(", ")) })
+                Fact::new(
+                    true,
+                    Source::Default {
+                        rule: format!("every DRM device ({}) allocates implicit-modifier buffers linearly", names.join(", ")),
+                    },
+                )
             }
         }
     }

@@ -165,9 +165,8 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
     let dt_root = root.join("firmware/devicetree");
     let device_tree = dt_root.is_dir();
     let class = root.join("class/drm");
-    let mut entries: Vec<String> = std::fs::read_dir(&class)
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
-        .unwrap_or_default();
+    let mut entries: Vec<String> =
+        std::fs::read_dir(&class).map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()).unwrap_or_default();
     entries.sort_by_key(|n| (n.len(), n.clone()));
     let cards = entries.iter().filter(|n| n.strip_prefix("card").is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())));
     let mut devices = Vec::new();
@@ -188,7 +187,9 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
         });
         let default_snoops = match (&dt_dma_coherent, device_tree) {
             (Some(dt), _) => dt.clone(),
-            (None, true) => Fact::new(false, Source::ArchDefault { rule: "device-tree platform: DMA is noncoherent unless dma-coherent".into() }),
+            (None, true) => {
+                Fact::new(false, Source::ArchDefault { rule: "device-tree platform: DMA is noncoherent unless dma-coherent".into() })
+            }
             (None, false) => Fact::new(true, Source::ArchDefault { rule: "x86: DMA snoops the CPU caches".into() }),
         };
         let d = &driver.value;
@@ -199,12 +200,10 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
         let imports_foreign = prime
             .or_else(|| quirks.imports_foreign(d))
             .unwrap_or_else(|| Fact::new(true, Source::Default { rule: "PRIME import assumed to work".into() }));
-        let renders = quirks.renders(d).unwrap_or_else(|| {
-            Fact::new(render_node.is_some(), sysfs(&device.join("drm")))
-        });
-        let implicit_linear = quirks.implicit_linear(d).unwrap_or_else(|| {
-            Fact::new(false, Source::Default { rule: format!("{d}'s implicit-modifier layout is unknown") })
-        });
+        let renders = quirks.renders(d).unwrap_or_else(|| Fact::new(render_node.is_some(), sysfs(&device.join("drm"))));
+        let implicit_linear = quirks
+            .implicit_linear(d)
+            .unwrap_or_else(|| Fact::new(false, Source::Default { rule: format!("{d}'s implicit-modifier layout is unknown") }));
         devices.push(DeviceFacts {
             name: card.clone(),
             render_snoops: quirks.render_snoops(d).unwrap_or_else(|| default_snoops.clone()),

@@ -41,10 +41,8 @@ impl Report {
         };
         let _ = writeln!(out, "renderer: {renderer}\n");
         for d in &m.devices {
-            let roles: Vec<&str> = [(d.kms, "display"), (d.render_node.is_some(), "render node")]
-                .iter()
-                .filter_map(|(on, r)| on.then_some(*r))
-                .collect();
+            let roles: Vec<&str> =
+                [(d.kms, "display"), (d.render_node.is_some(), "render node")].iter().filter_map(|(on, r)| on.then_some(*r)).collect();
             let _ = writeln!(out, "{}: {} [{}]", d.name, d.driver.value, roles.join(", "));
             let _ = writeln!(out, "    driver           {}", d.driver);
             let _ = writeln!(out, "    bus              {}", d.bus);
@@ -60,7 +58,11 @@ impl Report {
         let _ = writeln!(out, "\nimplicit modifier read as linear: {}", m.implicit_modifier_linear());
         let _ = writeln!(out, "\nexporters:");
         for e in &self.exporters {
-            let _ = writeln!(out, "  {}: memory {}, syncs attachments {}, cpu mappable {}", e.name.value, e.memory, e.syncs_attachments, e.cpu_mappable);
+            let _ = writeln!(
+                out,
+                "  {}: memory {}, syncs attachments {}, cpu mappable {}",
+                e.name.value, e.memory, e.syncs_attachments, e.cpu_mappable
+            );
         }
         let _ = writeln!(out, "\nplan (exporter → consumer: path — reason):");
         for p in &self.plans {

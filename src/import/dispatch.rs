@@ -122,7 +122,12 @@ where
 }
 
 /// Validates and test-imports; the answer depends on create vs create_immed.
-fn build<D: ImportHandler>(state: &mut D, params: &ZwpLinuxBufferParamsV1, data: &ParamsData, req: CreateRequest) -> Result<Dmabuf, Rejection> {
+fn build<D: ImportHandler>(
+    state: &mut D,
+    params: &ZwpLinuxBufferParamsV1,
+    data: &ParamsData,
+    req: CreateRequest,
+) -> Result<Dmabuf, Rejection> {
     let formats = state.import_state().formats().to_vec();
     let implicit = state.import_state().implicit_modifier();
     let result = data.0.lock().unwrap_or_else(|e| e.into_inner()).create(req, &formats, implicit);
@@ -136,7 +141,12 @@ fn dmabuf_format(dmabuf: &Dmabuf) -> smithay::backend::allocator::Format {
     smithay::backend::allocator::Buffer::format(dmabuf)
 }
 
-fn post_protocol_error<D: ImportHandler>(state: &mut D, params: &ZwpLinuxBufferParamsV1, code: zwp_linux_buffer_params_v1::Error, message: String) {
+fn post_protocol_error<D: ImportHandler>(
+    state: &mut D,
+    params: &ZwpLinuxBufferParamsV1,
+    code: zwp_linux_buffer_params_v1::Error,
+    message: String,
+) {
     tracing::info!(params = %params.id(), ?code, %message, "linux-dmabuf protocol error");
     state.import_state().counters.protocol_errors += 1;
     params.post_error(code, message);

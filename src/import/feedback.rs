@@ -39,8 +39,7 @@ impl FormatTable {
         if unique.len() > usize::from(u16::MAX) + 1 {
             return Err(FormatTableError::TooLarge(unique.len()));
         }
-        let fd = memfd_create("cohere-dmabuf-formats", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .map_err(std::io::Error::from)?;
+        let fd = memfd_create("cohere-dmabuf-formats", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(std::io::Error::from)?;
         let mut bytes = Vec::with_capacity(unique.len() * 16);
         for f in &unique {
             bytes.extend_from_slice(&(f.code as u32).to_ne_bytes());
@@ -50,8 +49,7 @@ impl FormatTable {
         let mut file = std::fs::File::from(fd);
         file.write_all(&bytes)?;
         let fd = OwnedFd::from(file);
-        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL)
-            .map_err(std::io::Error::from)?;
+        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL).map_err(std::io::Error::from)?;
         Ok(Self { formats: unique, fd, size: bytes.len() as u32 })
     }
 
@@ -106,12 +104,7 @@ impl Feedback {
         resource.main_device(self.main_device.to_ne_bytes().to_vec());
         for tranche in &self.tranches {
             resource.tranche_target_device(tranche.target_device.to_ne_bytes().to_vec());
-            let indices: Vec<u8> = tranche
-                .formats
-                .iter()
-                .filter_map(|f| table.index_of(f))
-                .flat_map(u16::to_ne_bytes)
-                .collect();
+            let indices: Vec<u8> = tranche.formats.iter().filter_map(|f| table.index_of(f)).flat_map(u16::to_ne_bytes).collect();
             resource.tranche_formats(indices);
             resource.tranche_flags(tranche.flags);
             resource.tranche_done();

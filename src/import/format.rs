@@ -31,8 +31,8 @@ const fn yuv(planes: usize, cpp: [u8; 4], hsub: u32, vsub: u32) -> Layout {
 pub fn layout(fourcc: Fourcc) -> Option<Layout> {
     use Fourcc::*;
     Some(match fourcc {
-        Argb8888 | Xrgb8888 | Abgr8888 | Xbgr8888 | Rgba8888 | Rgbx8888 | Bgra8888 | Bgrx8888 | Argb2101010
-        | Xrgb2101010 | Abgr2101010 | Xbgr2101010 | Rgba1010102 | Rgbx1010102 | Bgra1010102 | Bgrx1010102 => packed(4),
+        Argb8888 | Xrgb8888 | Abgr8888 | Xbgr8888 | Rgba8888 | Rgbx8888 | Bgra8888 | Bgrx8888 | Argb2101010 | Xrgb2101010 | Abgr2101010
+        | Xbgr2101010 | Rgba1010102 | Rgbx1010102 | Bgra1010102 | Bgrx1010102 => packed(4),
         Rgb888 | Bgr888 => packed(3),
         Rgb565 | Bgr565 | Argb1555 | Xrgb1555 | Argb4444 | Xrgb4444 | Abgr4444 | Xbgr4444 => packed(2),
         Abgr16161616f | Xbgr16161616f | Argb16161616f | Xrgb16161616f => packed(8),

@@ -157,7 +157,15 @@ impl ImportState {
         let default_feedback = config.main_device.map(|dev| Feedback::render_only(dev, table.formats()));
         let global = display.create_global::<D, ZwpLinuxDmabufV1, _>(version, ImportGlobalData { _private: () });
         tracing::info!(version, formats = table.formats().len(), main_device = ?config.main_device, "linux-dmabuf global");
-        Ok(Self { global, version, table, implicit_modifier: config.implicit_modifier, default_feedback, surface_feedbacks: Vec::new(), counters: ImportCounters::default() })
+        Ok(Self {
+            global,
+            version,
+            table,
+            implicit_modifier: config.implicit_modifier,
+            default_feedback,
+            surface_feedbacks: Vec::new(),
+            counters: ImportCounters::default(),
+        })
     }
 
     /// The advertised (format, modifier) pairs, in format-table order.

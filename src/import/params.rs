@@ -110,8 +110,8 @@ impl Params {
 
         let fourcc = Fourcc::try_from(req.format)
             .map_err(|_| Rejection::protocol(ParamsError::InvalidFormat, format!("unknown format {:#010x}", req.format)))?;
-        let layout = layout(fourcc)
-            .ok_or_else(|| Rejection::protocol(ParamsError::InvalidFormat, format!("format {fourcc} is not supported")))?;
+        let layout =
+            layout(fourcc).ok_or_else(|| Rejection::protocol(ParamsError::InvalidFormat, format!("format {fourcc} is not supported")))?;
         let modifier = Modifier::from(planes[0].modifier);
         let opaque_layout = !matches!(modifier, Modifier::Linear | Modifier::Invalid);
         // Vendor modifiers may add auxiliary (compression) planes after the format's own.

@@ -100,9 +100,7 @@ impl ExportFramebuffer<DumbBuffer> for PlanExporter {
 
     fn can_add_framebuffer(&self, buffer: &ExportBuffer<'_, DumbBuffer>) -> bool {
         match buffer {
-            ExportBuffer::Wayland(wl) => {
-                smithay::wayland::dmabuf::get_dmabuf(wl).is_ok_and(|d| d.node() == Some(self.node))
-            }
+            ExportBuffer::Wayland(wl) => smithay::wayland::dmabuf::get_dmabuf(wl).is_ok_and(|d| d.node() == Some(self.node)),
             ExportBuffer::Allocator(_) => true,
         }
     }

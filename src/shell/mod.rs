@@ -91,10 +91,7 @@ impl<B: Backend> Core<B> {
             state.states.set(xdg_toplevel::State::Fullscreen);
             state.states.set(xdg_toplevel::State::Activated);
             state.size = Some(size);
-            state.fullscreen_output = surface
-                .wl_surface()
-                .client()
-                .and_then(|client| output.client_outputs(&client).next());
+            state.fullscreen_output = surface.wl_surface().client().and_then(|client| output.client_outputs(&client).next());
         });
     }
 
@@ -169,10 +166,7 @@ impl<B: Backend> Core<B> {
     }
 
     pub fn window_for_surface(&self, surface: &WlSurface) -> Option<Window> {
-        self.space
-            .elements()
-            .find(|w| w.toplevel().is_some_and(|t| t.wl_surface() == surface))
-            .cloned()
+        self.space.elements().find(|w| w.toplevel().is_some_and(|t| t.wl_surface() == surface)).cloned()
     }
 
     /// The outputs showing `surface`'s window, topmost-first as the space orders them
@@ -247,5 +241,4 @@ impl<B: Backend> State<B> {
             self.focus_window(Some(&window));
         }
     }
-
 }

@@ -23,10 +23,7 @@ impl SyncFile {
     /// Waits up to `timeout` (forever with `None`); returns whether the fence signalled.
     pub fn wait(&self, timeout: Option<Duration>) -> std::io::Result<bool> {
         let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
-        let timeout = timeout.map(|t| Timespec {
-            tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: i64::from(t.subsec_nanos()),
-        });
+        let timeout = timeout.map(|t| Timespec { tv_sec: t.as_secs().min(i64::MAX as u64) as i64, tv_nsec: i64::from(t.subsec_nanos()) });
         loop {
             match poll(&mut fds, timeout.as_ref()) {
                 Ok(n) => return Ok(n > 0 && fds[0].revents().contains(PollFlags::IN)),

@@ -48,10 +48,7 @@ impl Card {
             }
             seen.push(card.driver);
         }
-        Err(KitError {
-            what: format!("no DRM device with driver {driver} (found: {seen:?})"),
-            source: std::io::ErrorKind::NotFound.into(),
-        })
+        Err(KitError { what: format!("no DRM device with driver {driver} (found: {seen:?})"), source: std::io::ErrorKind::NotFound.into() })
     }
 
     /// Enables atomic modesetting and writeback connectors for this client.
@@ -94,17 +91,24 @@ impl Card {
             if !is_primary {
                 continue;
             }
-            let fbinfo = self.get_planar_framebuffer(fb).map_err(|e| KitError { what: format!("GETFB2: {e:?}"), source: std::io::ErrorKind::Other.into() })?;
+            let fbinfo = self
+                .get_planar_framebuffer(fb)
+                .map_err(|e| KitError { what: format!("GETFB2: {e:?}"), source: std::io::ErrorKind::Other.into() })?;
             let (w, h) = fbinfo.size();
             let pitch = fbinfo.pitches()[0] as usize;
-            let handle: u32 = fbinfo.buffers()[0].map(Into::into).ok_or_else(|| KitError { what: "GETFB2 gave no handle".into(), source: std::io::ErrorKind::PermissionDenied.into() })?;
+            let handle: u32 = fbinfo.buffers()[0]
+                .map(Into::into)
+                .ok_or_else(|| KitError { what: "GETFB2 gave no handle".into(), source: std::io::ErrorKind::PermissionDenied.into() })?;
             let mut map = MapDumb { handle, ..Default::default() };
             // SAFETY: DRM_IOCTL_MODE_MAP_DUMB with its exact struct layout.
-            unsafe { rustix::ioctl::ioctl(self, rustix::ioctl::Updater::<MODE_MAP_DUMB, MapDumb>::new(&mut map)) }.context("MODE_MAP_DUMB")?;
+            unsafe { rustix::ioctl::ioctl(self, rustix::ioctl::Updater::<MODE_MAP_DUMB, MapDumb>::new(&mut map)) }
+                .context("MODE_MAP_DUMB")?;
             let len = pitch * h as usize;
             // SAFETY: a fresh read-only shared mapping of the framebuffer, unmapped below.
-            let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, self, map.offset) }
-                .context("mmap framebuffer")?;
+            let ptr = unsafe {
+                rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, self, map.offset)
+            }
+            .context("mmap framebuffer")?;
             // SAFETY: ptr is valid for len bytes until munmap.
             let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
             let mut pixels = Vec::with_capacity((w * h) as usize);

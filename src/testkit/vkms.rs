@@ -95,7 +95,10 @@ impl<'a> Vkms<'a> {
         let objects: [(u32, HashMap<String, property::Info>); 4] = [
             (kms.crtc.into(), card.get_properties(kms.crtc).context("crtc props")?.as_hashmap(card).context("props")?),
             (kms.primary.into(), card.get_properties(kms.primary).context("plane props")?.as_hashmap(card).context("props")?),
-            (kms.virtual_connector.into(), card.get_properties(kms.virtual_connector).context("conn props")?.as_hashmap(card).context("props")?),
+            (
+                kms.virtual_connector.into(),
+                card.get_properties(kms.virtual_connector).context("conn props")?.as_hashmap(card).context("props")?,
+            ),
             (kms.writeback.into(), card.get_properties(kms.writeback).context("wb props")?.as_hashmap(card).context("props")?),
         ];
         for (id, map) in objects {
@@ -119,9 +122,7 @@ impl<'a> Vkms<'a> {
     /// Imports a LINEAR single-plane dma-buf as a framebuffer.
     pub fn import(&self, buffer: &MappedDmabuf, size: (u32, u32), format: DrmFourcc, pitch: u32) -> Result<framebuffer::Handle, KitError> {
         let handle = self.card.prime_fd_to_buffer(buffer.as_fd()).context("PRIME import")?;
-        self.card
-            .add_planar_framebuffer(&Imported { size, format, pitch, handle }, FbCmd2Flags::empty())
-            .context("ADDFB2")
+        self.card.add_planar_framebuffer(&Imported { size, format, pitch, handle }, FbCmd2Flags::empty()).context("ADDFB2")
     }
 
     fn base_request(&self, fb: framebuffer::Handle) -> Result<AtomicModeReq, KitError> {
@@ -137,7 +138,11 @@ impl<'a> Vkms<'a> {
             req.add_property(p, self.prop(p, name)?, property::Value::UnsignedRange(value));
         }
         for (name, value) in [("CRTC_X", 0), ("CRTC_Y", 0), ("CRTC_W", i64::from(w)), ("CRTC_H", i64::from(h))] {
-            let v = if name.ends_with('X') || name.ends_with('Y') { property::Value::SignedRange(value) } else { property::Value::UnsignedRange(value as u64) };
+            let v = if name.ends_with('X') || name.ends_with('Y') {
+                property::Value::SignedRange(value)
+            } else {
+                property::Value::UnsignedRange(value as u64)
+            };
             req.add_property(p, self.prop(p, name)?, v);
         }
         Ok(req)
@@ -166,11 +171,7 @@ impl<'a> Vkms<'a> {
         let wb = self.writeback;
         req.add_property(wb, self.prop(wb, "CRTC_ID")?, property::Value::CRTC(Some(self.crtc)));
         req.add_property(wb, self.prop(wb, "WRITEBACK_FB_ID")?, property::Value::Framebuffer(Some(out_fb)));
-        req.add_property(
-            wb,
-            self.prop(wb, "WRITEBACK_OUT_FENCE_PTR")?,
-            property::Value::UnsignedRange(&mut fence_fd as *mut i32 as u64),
-        );
+        req.add_property(wb, self.prop(wb, "WRITEBACK_OUT_FENCE_PTR")?, property::Value::UnsignedRange(&mut fence_fd as *mut i32 as u64));
         self.card.atomic_commit(AtomicCommitFlags::ALLOW_MODESET, req).context("atomic commit (writeback)")?;
         if fence_fd < 0 {
             return Err(not_found("writeback out-fence"));
@@ -195,11 +196,7 @@ impl<'a> Vkms<'a> {
     /// Starts CRC capture on the CRTC and returns the next `n` frame CRCs.
     pub fn crcs(&self, n: usize) -> Result<Vec<u32>, KitError> {
         let dir = self.card.debugfs().join("crtc-0/crc");
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("control"))
-            .and_then(|mut f| f.write_all(b"auto"))
-            .context("crc/control")?;
+        std::fs::OpenOptions::new().write(true).open(dir.join("control")).and_then(|mut f| f.write_all(b"auto")).context("crc/control")?;
         let data = std::fs::File::open(dir.join("data")).context("crc/data")?;
         let mut lines = BufReader::new(data).lines();
         let mut out = Vec::with_capacity(n);

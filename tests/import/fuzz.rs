@@ -82,5 +82,8 @@ fn random_params_sequences_never_panic_or_accept_non_dmabufs() {
         panic!("{e}");
     }
     let server = server.into_inner();
-    println!("{cases} sequences, {} protocol errors, {} failed", server.state.import.counters.protocol_errors, server.state.import.counters.failed);
+    println!(
+        "{cases} sequences, {} protocol errors, {} failed",
+        server.state.import.counters.protocol_errors, server.state.import.counters.failed
+    );
 }

@@ -80,8 +80,9 @@ impl Server {
 
     pub fn with_implicit(main_device: Option<u64>, implicit_modifier: cohere::import::ImplicitModifier) -> Self {
         let display = Display::<ServerState>::new().expect("display");
-        let import = ImportState::new::<ServerState>(&display.handle(), ImportConfig { formats: test_formats(), main_device, implicit_modifier })
-            .expect("import state");
+        let import =
+            ImportState::new::<ServerState>(&display.handle(), ImportConfig { formats: test_formats(), main_device, implicit_modifier })
+                .expect("import state");
         Server { display, state: ServerState { import, accepted: Vec::new(), destroyed_buffers: 0 } }
     }
 
@@ -226,7 +227,14 @@ impl Dispatch<dmabuf_v1::ZwpLinuxDmabufV1, ()> for ClientState {
 }
 
 impl Dispatch<params_v1::ZwpLinuxBufferParamsV1, u32> for ClientState {
-    fn event(state: &mut Self, _: &params_v1::ZwpLinuxBufferParamsV1, event: params_v1::Event, tag: &u32, _: &Connection, _: &QueueHandle<Self>) {
+    fn event(
+        state: &mut Self,
+        _: &params_v1::ZwpLinuxBufferParamsV1,
+        event: params_v1::Event,
+        tag: &u32,
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
         match event {
             params_v1::Event::Created { .. } => state.created.push(*tag),
             params_v1::Event::Failed => state.failed.push(*tag),
@@ -244,7 +252,14 @@ impl Dispatch<wl_buffer::WlBuffer, u32> for ClientState {
 }
 
 impl Dispatch<feedback_v1::ZwpLinuxDmabufFeedbackV1, ()> for ClientState {
-    fn event(state: &mut Self, _: &feedback_v1::ZwpLinuxDmabufFeedbackV1, event: feedback_v1::Event, _: &(), _: &Connection, _: &QueueHandle<Self>) {
+    fn event(
+        state: &mut Self,
+        _: &feedback_v1::ZwpLinuxDmabufFeedbackV1,
+        event: feedback_v1::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
         let line = match event {
             feedback_v1::Event::FormatTable { fd, size } => {
                 state.table_size = size;

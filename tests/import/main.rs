@@ -22,7 +22,9 @@ const INVALID_WL_BUFFER: u32 = 7;
 
 /// Runs `send` on a fresh v4 client's params object and returns the protocol error it got,
 /// checking it was raised on that params object.
-fn error_from(send: impl FnOnce(&mut Client, &wayland_protocols::wp::linux_dmabuf::zv1::client::zwp_linux_buffer_params_v1::ZwpLinuxBufferParamsV1)) -> u32 {
+fn error_from(
+    send: impl FnOnce(&mut Client, &wayland_protocols::wp::linux_dmabuf::zv1::client::zwp_linux_buffer_params_v1::ZwpLinuxBufferParamsV1),
+) -> u32 {
     let mut server = Server::new(Some(0xe280));
     let mut client = server.connect(4);
     let params = client.params(1);
@@ -235,12 +237,8 @@ fn fds_that_are_not_dmabufs_get_failed() {
     let file = tempfile_with_size(size);
     let (pipe_r, _pipe_w) = rustix::pipe::pipe().expect("pipe");
     let (sock, _peer) = std::os::unix::net::UnixStream::pair().expect("socket");
-    let fds: Vec<(&str, std::os::fd::OwnedFd)> = vec![
-        ("memfd", memfd(size)),
-        ("regular file", file.into()),
-        ("pipe", pipe_r),
-        ("socket", sock.into()),
-    ];
+    let fds: Vec<(&str, std::os::fd::OwnedFd)> =
+        vec![("memfd", memfd(size)), ("regular file", file.into()), ("pipe", pipe_r), ("socket", sock.into())];
     let mut server = Server::new(None);
     let mut client = server.connect(3);
     for (tag, (_, fd)) in fds.iter().enumerate() {

@@ -79,4 +79,3 @@ pub fn run_sequence(server: &mut Server, ops: &[Op]) -> Result<(), String> {
     }
     Ok(())
 }
-

@@ -212,7 +212,10 @@ impl VirtioRun {
 /// (once a second).
 fn live_view(socket: &str) -> Result<String, String> {
     std::thread::sleep(Duration::from_millis(1100));
-    let live = Command::new(env!("CARGO_BIN_EXE_cohere")).args(["inspect", "--live", "--once", "--socket", socket]).output().check("inspect --live")?;
+    let live = Command::new(env!("CARGO_BIN_EXE_cohere"))
+        .args(["inspect", "--live", "--once", "--socket", socket])
+        .output()
+        .check("inspect --live")?;
     Ok(format!("{}{}", String::from_utf8_lossy(&live.stdout), String::from_utf8_lossy(&live.stderr)))
 }
 
@@ -220,11 +223,8 @@ fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
     let VirtioRun { run, card: card_name, output, screen: (w, h, pixels) } = VirtioRun::start("kmslive", &[])?;
     let live = live_view("kmslive")?;
-    let composited_now = live
-        .lines()
-        .find(|l| l.starts_with(&output))
-        .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let composited_now =
+        live.lines().find(|l| l.starts_with(&output)).and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok()).unwrap_or(0);
     if composited_now == 0 || !live.contains(&format!("scanout {card_name} (virtio_gpu): Composite")) {
         let (_, log) = run.finish()?;
         return Err(format!("inspect --live:\n{live}\ncohere:\n{log}"));

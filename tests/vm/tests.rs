@@ -29,7 +29,10 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         ("sw_sync_fences_signal_on_increment_only", sw_sync_fences_signal_on_increment_only),
         ("vkms_scans_out_udmabuf_with_expected_crc_and_writeback", vkms_scans_out_udmabuf_with_expected_crc_and_writeback),
         ("cohere_headless_shows_a_udmabuf_wl_buffer_exactly", cohere_headless_shows_a_udmabuf_wl_buffer_exactly),
-        ("override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact", override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact),
+        (
+            "override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact",
+            override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact,
+        ),
         ("cohere_inspect_reports_the_real_devices", cohere_inspect_reports_the_real_devices),
         ("weston_simple_dmabuf_feedback_receives_cohere_feedback", weston_simple_dmabuf_feedback_receives_cohere_feedback),
         ("cpu_copy_copies_only_the_damage_of_a_vgem_buffer", cpu_copy_copies_only_the_damage_of_a_vgem_buffer),
@@ -242,7 +245,11 @@ fn cpu_copy_copies_only_the_damage_of_a_vgem_buffer() -> Result<(), String> {
         .map(|i| {
             let (px, py) = (i % cw, i / cw);
             let inside = (x..x + w).contains(&px) && (y..y + h).contains(&py);
-            if inside { second[i as usize] } else { first[i as usize] }
+            if inside {
+                second[i as usize]
+            } else {
+                first[i as usize]
+            }
         })
         .collect();
     let damage = format!("{x},{y},{w},{h}");
@@ -302,7 +309,11 @@ fn a_disconnect_frees_a_pending_fence_wait() -> Result<(), String> {
         .arg(me)
         .arg(CLIENT_MODE)
         .env("RUST_LOG", "warn,cohere=debug")
-        .envs([("COHERE_CLIENT_DAMAGE", format!("0,0,{cw},{ch}")), ("COHERE_CLIENT_FENCE", "200".into()), ("COHERE_CLIENT_THEN", "disconnect".into())])
+        .envs([
+            ("COHERE_CLIENT_DAMAGE", format!("0,0,{cw},{ch}")),
+            ("COHERE_CLIENT_FENCE", "200".into()),
+            ("COHERE_CLIENT_THEN", "disconnect".into()),
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .check("starting cohere")?;
@@ -392,7 +403,11 @@ fn cohere_inspect_reports_the_real_devices() -> Result<(), String> {
     let vkms = by_driver("vkms").ok_or("vkms")?;
     let virtio = by_driver("virtio_gpu").ok_or("virtio_gpu")?;
     let vgem = by_driver("vgem").ok_or("vgem")?;
-    ensure_eq!((vkms["kms"].clone(), virtio["kms"].clone(), vgem["kms"].clone()), (true.into(), true.into(), false.into()), "display devices");
+    ensure_eq!(
+        (vkms["kms"].clone(), virtio["kms"].clone(), vgem["kms"].clone()),
+        (true.into(), true.into(), false.into()),
+        "display devices"
+    );
     ensure_eq!(vkms["bus"]["value"], "platform", "vkms bus");
     ensure_eq!(virtio["bus"]["value"], "pci", "virtio-gpu bus");
     // The PRIME import test, with a real udmabuf: vkms takes it, virtio-gpu refuses (ENODEV).
@@ -478,7 +493,8 @@ fn run_udmabuf_client(size: (i32, i32), title: &str, desktop: bool) -> Result<()
     }
     // COHERE_CLIENT_DAMAGE=x,y,w,h: a second buffer with a different image everywhere, of which
     // only that rectangle is declared damaged.
-    let damage: Option<Vec<i32>> = std::env::var("COHERE_CLIENT_DAMAGE").ok().map(|d| d.split(',').filter_map(|n| n.parse().ok()).collect());
+    let damage: Option<Vec<i32>> =
+        std::env::var("COHERE_CLIENT_DAMAGE").ok().map(|d| d.split(',').filter_map(|n| n.parse().ok()).collect());
     let _second = match damage.as_deref() {
         Some(&[x, y, dw, dh]) => {
             let second = make(alt_image(w, h))?;

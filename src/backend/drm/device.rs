@@ -70,9 +70,8 @@ impl Device {
         path: &Path,
     ) -> Result<Device, DeviceError> {
         let open_err = |reason: String| DeviceError::Open { path: path.display().to_string(), reason };
-        let fd = session
-            .open(path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK)
-            .map_err(|e| open_err(e.to_string()))?;
+        let fd =
+            session.open(path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK).map_err(|e| open_err(e.to_string()))?;
         let fd = DrmDeviceFd::new(DeviceFd::from(fd));
         let node = DrmNode::from_file(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| open_err(e.to_string()))?;
         let (mut drm, notifier) = DrmDevice::new(fd.clone(), true).map_err(|e| open_err(e.to_string()))?;
@@ -123,10 +122,7 @@ impl Device {
         clear: [f32; 4],
     ) -> Result<Rendered, String> {
         let surface = self.surfaces.get_mut(&crtc).ok_or("unknown CRTC")?;
-        let result = surface
-            .compositor
-            .render_frame(renderer, elements, clear, FrameFlags::DEFAULT)
-            .map_err(|e| format!("{e:?}"))?;
+        let result = surface.compositor.render_frame(renderer, elements, clear, FrameFlags::DEFAULT).map_err(|e| format!("{e:?}"))?;
         let states = result.states.clone();
         if result.is_empty {
             return Ok(Rendered::Empty { states });
@@ -139,9 +135,9 @@ impl Device {
         };
         let zero_copy = count(|p| matches!(p, RenderElementPresentationState::ZeroCopy));
         let composited = count(|p| matches!(p, RenderElementPresentationState::Rendering { .. }));
-        let cursor_plane = cursors.iter().any(|id| {
-            states.states.get(id).is_some_and(|s| matches!(s.presentation_state, RenderElementPresentationState::ZeroCopy))
-        });
+        let cursor_plane = cursors
+            .iter()
+            .any(|id| states.states.get(id).is_some_and(|s| matches!(s.presentation_state, RenderElementPresentationState::ZeroCopy)));
         surface.compositor.queue_frame(()).map_err(|e| format!("{e:?}"))?;
         Ok(Rendered::Queued { states, zero_copy, composited, cursor_plane })
     }

@@ -74,7 +74,17 @@ impl Drm {
         let implicit_modifier = super::implicit_modifier(&coherency);
         let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device, implicit_modifier })
             .map_err(|e| DrmBackendError::Import(e.to_string()))?;
-        Ok(Self { session, renderer, devices: HashMap::new(), import, coherency, handle, counters: HashMap::new(), only_device: None, busy: Default::default() })
+        Ok(Self {
+            session,
+            renderer,
+            devices: HashMap::new(),
+            import,
+            coherency,
+            handle,
+            counters: HashMap::new(),
+            only_device: None,
+            busy: Default::default(),
+        })
     }
 
     pub fn import_state(&self) -> &ImportState {
@@ -89,7 +99,10 @@ impl Drm {
 
     /// Feedback for a surface: a scanout tranche for the device its buffer's plan allows direct
     /// scanout on, then the render tranche; `None` (the default feedback) otherwise.
-    fn feedback_for(&self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) -> Option<crate::import::Feedback> {
+    fn feedback_for(
+        &self,
+        surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface,
+    ) -> Option<crate::import::Feedback> {
         let dmabuf = crate::import::surface_dmabuf(surface)?;
         let node = dmabuf.node()?;
         let device = self.devices.get(&node)?;
@@ -149,14 +162,13 @@ impl ImportHandler for State<Drm> {
         if !super::wants_test_import(&plan, dmabuf) {
             return Ok(());
         }
-        self.backend
-            .renderer
-            .import_dmabuf(dmabuf, None)
-            .map(|_| ())
-            .map_err(|e| ImportRejected(format!("renderer cannot import it: {e}")))
+        self.backend.renderer.import_dmabuf(dmabuf, None).map(|_| ()).map_err(|e| ImportRejected(format!("renderer cannot import it: {e}")))
     }
 
-    fn surface_feedback(&mut self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) -> Option<crate::import::Feedback> {
+    fn surface_feedback(
+        &mut self,
+        surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface,
+    ) -> Option<crate::import::Feedback> {
         self.backend.feedback_for(surface)
     }
 }
@@ -232,7 +244,13 @@ fn refresh_of(output: &Output) -> Duration {
     Duration::from_nanos(1_000_000_000_000 / mhz)
 }
 
-fn finish(state: &mut State<Drm>, output: &Output, states: &RenderElementStates, at: smithay::utils::Time<smithay::utils::Monotonic>, refresh: Duration) {
+fn finish(
+    state: &mut State<Drm>,
+    output: &Output,
+    states: &RenderElementStates,
+    at: smithay::utils::Time<smithay::utils::Monotonic>,
+    refresh: Duration,
+) {
     state.core.counters.frames += 1;
     let seq = state.core.counters.frames;
     crate::render::finish_frame(&mut state.core, output, states, at, refresh, seq);

@@ -2,10 +2,10 @@
 
 use smithay::backend::libinput::{LibinputInputBackend, LibinputSessionInterface};
 use smithay::backend::session::libseat::LibSeatSession;
-use smithay::reexports::input::Libinput;
 use smithay::backend::session::{Event as SessionEvent, Session};
 use smithay::backend::udev::{UdevBackend, UdevEvent};
 use smithay::reexports::calloop::EventLoop;
+use smithay::reexports::input::Libinput;
 use smithay::reexports::wayland_server::Display;
 
 use super::{render_output, Device, Drm, DrmBackendError, Trigger};

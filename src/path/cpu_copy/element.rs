@@ -21,7 +21,12 @@ pub struct CopiedSurfaceElement<R: Renderer> {
 }
 
 /// The element for a surface whose current buffer is copied, or `None` to draw it the usual way.
-pub fn element<R>(renderer: &mut R, surface: &WlSurface, states: &SurfaceData, location: Point<f64, Physical>) -> Option<CopiedSurfaceElement<R>>
+pub fn element<R>(
+    renderer: &mut R,
+    surface: &WlSurface,
+    states: &SurfaceData,
+    location: Point<f64, Physical>,
+) -> Option<CopiedSurfaceElement<R>>
 where
     R: Renderer + ImportMem,
     R::TextureId: Send + Clone + 'static,
@@ -33,9 +38,17 @@ where
     let rs = rs.lock().unwrap_or_else(|e| e.into_inner());
     let view = rs.view()?;
     let buffer = rs.buffer().cloned();
-    let copy = MemoryRenderBufferRenderElement::from_buffer(renderer, location, &shadow.buffer, None, Some(view.src), Some(view.dst), Kind::Unspecified)
-        .map_err(|err| tracing::warn!(%err, "copied surface: texture import failed"))
-        .ok()?;
+    let copy = MemoryRenderBufferRenderElement::from_buffer(
+        renderer,
+        location,
+        &shadow.buffer,
+        None,
+        Some(view.src),
+        Some(view.dst),
+        Kind::Unspecified,
+    )
+    .map_err(|err| tracing::warn!(%err, "copied surface: texture import failed"))
+    .ok()?;
     Some(CopiedSurfaceElement { id: Id::from_wayland_resource(surface), copy, buffer })
 }
 

@@ -102,7 +102,13 @@ pub struct Planned {
 /// Plans the copy of a commit bringing CpuCopy buffer `dmabuf` (pre-commit, in commit order).
 /// `id` names the commit's wait. `Err` when the format can't be copied (the surface is then
 /// drawn the usual way, and the renderer refuses what it can't read).
-pub fn plan(surface: &WlSurface, dmabuf: &Dmabuf, damage: PendingDamage, (scale, transform): (i32, Transform), id: u64) -> Result<Planned, CopyError> {
+pub fn plan(
+    surface: &WlSurface,
+    dmabuf: &Dmabuf,
+    damage: PendingDamage,
+    (scale, transform): (i32, Transform),
+    id: u64,
+) -> Result<Planned, CopyError> {
     let format = dmabuf.format().code;
     let cpp = match crate::import::format::layout(format) {
         Some(l) if l.planes == 1 && dmabuf.num_planes() == 1 => usize::from(l.cpp[0]),
@@ -256,7 +262,11 @@ mod tests {
         let (w, h, cpp) = (16usize, 8usize, 4usize);
         let src: Vec<u8> = (0..w * h * cpp).map(|i| (i % 251) as u8).collect();
         let rects = disjoint(
-            vec![Rectangle::new((2, 1).into(), (5, 3).into()), Rectangle::new((4, 2).into(), (6, 4).into()), Rectangle::new((14, 6).into(), (9, 9).into())],
+            vec![
+                Rectangle::new((2, 1).into(), (5, 3).into()),
+                Rectangle::new((4, 2).into(), (6, 4).into()),
+                Rectangle::new((14, 6).into(), (9, 9).into()),
+            ],
             Rectangle::from_size((w as i32, h as i32).into()),
         );
         let data = gather(&Plane { bytes: &src[..], offset: 0, stride: w * cpp }, &rects, cpp);

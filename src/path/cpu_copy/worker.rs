@@ -99,10 +99,8 @@ pub fn read(dmabuf: &Dmabuf, rects: &[Rectangle<i32, BufferCoords>], cpp: usize)
     let len = need as usize;
     // SAFETY: a fresh shared read-only mapping of `len` bytes, which the fd's size covers; it
     // is only read through the slice below and unmapped before returning.
-    let ptr = unsafe {
-        rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, fd, 0)
-    }
-    .map_err(CopyError::Map)?;
+    let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, fd, 0) }
+        .map_err(CopyError::Map)?;
     // SAFETY: the mapping above is `len` readable bytes and lives until munmap below.
     let src = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
     let result = (|| {

@@ -45,6 +45,20 @@ check_rust() {
   fi
 }
 
+# The test command's style gates need rustfmt and clippy.
+check_lint_tools() {
+  if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+    return
+  fi
+  if command -v rustup >/dev/null 2>&1; then
+    say "installing the rustfmt and clippy components (rustup)"
+    rustup component add rustfmt clippy
+  else
+    say "cargo fmt or cargo clippy is missing and there is no rustup to add them"
+    exit 1
+  fi
+}
+
 # Wayland sockets live in XDG_RUNTIME_DIR; a root shell on a bare Debian has none.
 ensure_runtime_dir() {
   if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -d "$XDG_RUNTIME_DIR" ]; then

@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 setup_host
+check_lint_tools
+say "style: cargo fmt --check"
+cargo fmt --check
+say "lints: cargo clippy --all-targets --all-features -- -D warnings"
+cargo clippy --all-targets --all-features -- -D warnings
 say "VM tier set-up (cached after the first run): tests/vm/vm.sh setup"
 tests/vm/vm.sh setup
 say "all tests: cargo test --features test-support"

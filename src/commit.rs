@@ -181,10 +181,7 @@ impl<B: Backend> State<B> {
         };
         for (seq, bytes) in cpu_copy::job_done(&surface, seq, done.result) {
             if bytes > 0 {
-                self.core.counters.cpu_copies += 1;
-                self.core.counters.bytes_copied += bytes;
-                let outputs = self.core.outputs_showing(&surface);
-                self.backend.surface_copied(&outputs, bytes);
+                self.core.surface_copied(&surface, bytes);
                 tracing::trace!(bytes, "cpu copy landed");
             }
             let id =

@@ -8,7 +8,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smithay::output::Output;
@@ -20,7 +19,7 @@ use smithay::wayland::socket::ListeningSocketSource;
 
 use crate::backend::headless::{Headless, HeadlessError, RendererKind};
 use crate::backend::Backend;
-use crate::core::{ClientState, Core, OutputConfig};
+use crate::core::{Core, OutputConfig};
 use crate::render::{finish_frame, Screenshot};
 use crate::shell::ShellMode;
 use crate::State;
@@ -48,20 +47,28 @@ pub enum SocketChoice {
     None,
 }
 
-/// A screenshot to write once the primary output has shown `after_frames` frames.
-#[derive(Debug)]
+/// Where screenshots of the primary output go: once it has shown `after_frames` frames (if
+/// set), and again on every SIGUSR1 (see [`Compositor::handle_signals`]).
+#[derive(Debug, Clone)]
 pub struct ScreenshotRequest {
     pub path: PathBuf,
-    pub after_frames: u64,
-    /// Opened at start-up so an unwritable path fails before anything runs.
-    file: File,
+    pub after_frames: Option<u64>,
 }
 
 impl ScreenshotRequest {
-    /// Opens (creates) `path` for writing now; the PNG is written later.
-    pub fn new(path: PathBuf, after_frames: u64) -> std::io::Result<Self> {
-        let file = File::create(&path)?;
-        Ok(Self { path, after_frames, file })
+    /// Creates `path` now, so an unwritable path fails before anything runs; the PNG is
+    /// written later (through a temporary file and a rename, so a reader never sees half).
+    pub fn new(path: PathBuf, after_frames: Option<u64>) -> std::io::Result<Self> {
+        File::create(&path)?;
+        Ok(Self { path, after_frames })
+    }
+
+    fn write(&self, shot: &Screenshot) -> Result<(), String> {
+        let mut tmp = self.path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let file = File::create(&tmp).map_err(|e| e.to_string())?;
+        shot.write_png(std::io::BufWriter::new(file)).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| e.to_string())
     }
 }
 
@@ -82,6 +89,9 @@ pub struct Options {
     pub coherency: crate::coherency::CoherencyOptions,
     /// KMS: drive only this device node instead of every one on the seat.
     pub drm_device: Option<PathBuf>,
+    /// Write the live statistics here (every [`crate::stats::INTERVAL`] and at exit) and keep
+    /// the file. `None`: next to the listening socket, removed at exit (see [`crate::stats`]).
+    pub stats_file: Option<PathBuf>,
 }
 
 /// Why [`Compositor::run`] returned.
@@ -93,6 +103,8 @@ pub enum Exit {
     AppExited(i32),
     /// A fatal backend error.
     Failed,
+    /// SIGTERM or SIGINT (see [`Compositor::handle_signals`]).
+    Terminated,
 }
 
 /// Errors that stop the compositor from starting.
@@ -102,12 +114,18 @@ pub enum StartError {
     Headless(#[from] HeadlessError),
     #[error(transparent)]
     Quirks(#[from] crate::coherency::QuirkError),
-    #[error("could not create the Wayland display: {0}")]
-    Display(String),
-    #[error("socket {name:?}: {reason}")]
-    Socket { name: String, reason: String },
-    #[error("event loop: {0}")]
-    EventLoop(String),
+    #[error("could not create the Wayland display")]
+    Display(#[source] smithay::reexports::wayland_server::backend::InitError),
+    #[error("socket {name:?}")]
+    Socket {
+        name: String,
+        #[source]
+        source: smithay::reexports::wayland_server::BindError,
+    },
+    #[error("event loop")]
+    EventLoop(#[source] smithay::reexports::calloop::Error),
+    #[error("signal handling")]
+    Signals(#[source] std::io::Error),
     #[error(transparent)]
     Drm(#[from] crate::backend::drm::DrmBackendError),
     #[error("{0}")]
@@ -121,6 +139,10 @@ pub enum StartError {
 pub struct Control {
     pub exit: Option<Exit>,
     screenshot: Option<ScreenshotRequest>,
+    /// SIGUSR1 asked for a screenshot of the next primary frame.
+    screenshot_asked: bool,
+    /// Screenshots written so far.
+    pub screenshots_written: u64,
     exit_after_frames: Option<u64>,
     /// Frames shown by the primary output.
     primary_frames: u64,
@@ -140,14 +162,15 @@ pub struct Compositor<B: Backend> {
     pub state: State<B>,
     socket_name: Option<OsString>,
     app: Option<LaunchedApp>,
-    stats_path: Option<PathBuf>,
+    /// Signal handlers [`Compositor::handle_signals`] installed, removed on drop.
+    signals: Vec<signal_hook::SigId>,
 }
 
 impl Compositor<Headless> {
     /// Starts a headless compositor with the given options.
     pub fn new_headless(options: Options) -> Result<Self, StartError> {
-        let event_loop: EventLoop<'static, State<Headless>> = EventLoop::try_new().map_err(|e| StartError::EventLoop(e.to_string()))?;
-        let display: Display<State<Headless>> = Display::new().map_err(|e| StartError::Display(e.to_string()))?;
+        let event_loop: EventLoop<'static, State<Headless>> = EventLoop::try_new().map_err(StartError::EventLoop)?;
+        let display: Display<State<Headless>> = Display::new().map_err(StartError::Display)?;
         let dh = display.handle();
         let main_device = options.dmabuf_main_device.or_else(first_render_node);
         let quirks = options.coherency.load()?;
@@ -163,7 +186,7 @@ impl Compositor<Headless> {
             state.backend.add_output(output)?;
         }
         state.core.control.configure(options.screenshot, options.exit_after_frames);
-        let mut compositor = Self::assemble(event_loop, display, state, &options.socket)?;
+        let mut compositor = Self::assemble(event_loop, display, state, &options.socket, options.stats_file.clone())?;
         if options.pacing == FramePacing::Refresh {
             for (output, config) in outputs {
                 compositor.pace_headless_output(output, config.refresh_interval())?;
@@ -188,7 +211,7 @@ impl Compositor<Headless> {
                 }
                 TimeoutAction::ToInstant(next)
             })
-            .map_err(|e| StartError::EventLoop(e.to_string()))?;
+            .map_err(|e| StartError::EventLoop(e.error))?;
         Ok(())
     }
 
@@ -211,7 +234,7 @@ fn headless_frame(state: &mut State<Headless>, output: &Output, interval: Durati
     let report = match state.backend.render(output, &state.core) {
         Ok(report) => report,
         Err(err) => {
-            tracing::error!(%err, output = output.name(), "frame failed");
+            tracing::error!(err = %crate::ErrorChain(&err), output = output.name(), "frame failed");
             state.core.control.exit = Some(Exit::Failed);
             return;
         }
@@ -220,6 +243,9 @@ fn headless_frame(state: &mut State<Headless>, output: &Output, interval: Durati
     state.core.counters.frames += 1;
     if report.damaged {
         state.core.counters.frames_rendered += 1;
+        let c = state.core.counters_of(output);
+        c.queued += 1;
+        c.flips += 1;
     }
     let seq = state.core.counters.frames;
     finish_frame(&mut state.core, output, &report.states, presented, interval, seq);
@@ -228,13 +254,12 @@ fn headless_frame(state: &mut State<Headless>, output: &Output, interval: Durati
         return;
     }
     let Some(request) = state.core.control.primary_frame() else { return };
-    let written = state
-        .backend
-        .screenshot(output)
-        .map_err(|e| e.to_string())
-        .and_then(|shot| shot.write_png(std::io::BufWriter::new(&request.file)).map_err(|e| e.to_string()));
+    let written = state.backend.screenshot(output).map_err(|e| e.to_string()).and_then(|shot| request.write(&shot));
     match written {
-        Ok(()) => tracing::info!(path = %request.path.display(), "screenshot written"),
+        Ok(()) => {
+            state.core.control.screenshots_written += 1;
+            tracing::info!(path = %request.path.display(), "screenshot written");
+        }
         Err(err) => {
             tracing::error!(%err, path = %request.path.display(), "screenshot not written");
             state.core.control.exit = Some(Exit::Failed);
@@ -249,17 +274,16 @@ impl Control {
     }
 
     /// Counts a frame shown by the primary output, sets the exit condition when reached, and
-    /// returns the screenshot request that is due now, if any.
+    /// returns the screenshot request when one is due now.
     pub(crate) fn primary_frame(&mut self) -> Option<ScreenshotRequest> {
         self.primary_frames += 1;
         let frames = self.primary_frames;
         if self.exit_after_frames.is_some_and(|n| frames >= n) && self.exit.is_none() {
             self.exit = Some(Exit::FramesDone);
         }
-        if self.screenshot.as_ref().is_some_and(|s| frames >= s.after_frames) {
-            return self.screenshot.take();
-        }
-        None
+        let request = self.screenshot.as_ref()?;
+        let scheduled = request.after_frames.is_some_and(|n| frames == n);
+        (scheduled || std::mem::take(&mut self.screenshot_asked)).then(|| request.clone())
     }
 }
 
@@ -269,6 +293,7 @@ impl<B: Backend> Compositor<B> {
         display: Display<State<B>>,
         state: State<B>,
         socket: &SocketChoice,
+        stats_file: Option<PathBuf>,
     ) -> Result<Self, StartError> {
         let handle = event_loop.handle();
         handle
@@ -279,45 +304,92 @@ impl<B: Backend> Compositor<B> {
                 }
                 Ok(PostAction::Continue)
             })
-            .map_err(|e| StartError::EventLoop(e.to_string()))?;
+            .map_err(|e| StartError::EventLoop(e.error))?;
 
         let socket = match socket {
-            SocketChoice::Auto => Some(
-                ListeningSocketSource::new_auto().map_err(|e| StartError::Socket { name: "wayland-N".into(), reason: e.to_string() })?,
-            ),
-            SocketChoice::Named(name) => Some(ListeningSocketSource::with_name(name).map_err(|e| StartError::Socket {
-                name: name.clone(),
-                reason: match e {
-                    smithay::reexports::wayland_server::BindError::AlreadyInUse => "already in use by another compositor".into(),
-                    other => other.to_string(),
-                },
-            })?),
+            SocketChoice::Auto => {
+                Some(ListeningSocketSource::new_auto().map_err(|source| StartError::Socket { name: "wayland-N".into(), source })?)
+            }
+            SocketChoice::Named(name) => {
+                Some(ListeningSocketSource::with_name(name).map_err(|source| StartError::Socket { name: name.clone(), source })?)
+            }
             SocketChoice::None => None,
         };
         let socket_name = socket.as_ref().map(|s| s.socket_name().to_os_string());
-        // Live stats for `cohere inspect --live`, once a second, next to the socket.
-        let stats_path = socket_name.as_ref().and_then(|n| crate::stats::path_for(&n.to_string_lossy()));
-        if let Some(path) = stats_path.clone() {
-            let timer = Timer::from_duration(Duration::from_secs(1));
+        let mut state = state;
+        let stats = match stats_file {
+            Some(path) => Some(crate::stats::StatsWriter::new(path, false)),
+            None => socket_name
+                .as_ref()
+                .and_then(|n| crate::stats::path_for(&n.to_string_lossy()))
+                .map(|p| crate::stats::StatsWriter::new(p, true)),
+        };
+        if let Some(writer) = stats {
+            tracing::info!(path = %writer.path().display(), "live statistics");
+            state.core.stats = Some(writer);
             handle
-                .insert_source(timer, move |_, _, state| {
-                    if let Err(err) = crate::stats::Stats::collect(state).write(&path) {
-                        tracing::debug!(%err, "stats not written");
+                .insert_source(Timer::immediate(), |_, _, state| {
+                    let snapshot = crate::stats::Stats::collect(state);
+                    if let Some(writer) = state.core.stats.as_mut() {
+                        writer.write(snapshot);
                     }
-                    TimeoutAction::ToDuration(Duration::from_secs(1))
+                    TimeoutAction::ToDuration(crate::stats::INTERVAL)
                 })
-                .map_err(|e| StartError::EventLoop(e.to_string()))?;
+                .map_err(|e| StartError::EventLoop(e.error))?;
         }
         if let Some(socket) = socket {
             handle
                 .insert_source(socket, |stream, _, state| {
-                    if let Err(err) = state.core.display_handle.insert_client(stream, Arc::new(ClientState::default())) {
+                    if let Err(err) = state.core.display_handle.insert_client(stream, state.core.client_data()) {
                         tracing::warn!(%err, "could not accept client");
                     }
                 })
-                .map_err(|e| StartError::EventLoop(e.to_string()))?;
+                .map_err(|e| StartError::EventLoop(e.error))?;
         }
-        Ok(Self { event_loop, state, socket_name, app: None, stats_path })
+        Ok(Self { event_loop, state, socket_name, app: None, signals: Vec::new() })
+    }
+
+    /// Handles signals the way a user of the `cohere` binary expects: SIGTERM and SIGINT stop
+    /// [`Compositor::run`] cleanly with [`Exit::Terminated`] (the launched app is terminated,
+    /// the last statistics written); SIGUSR1 writes a screenshot of the primary output's next
+    /// frame to the `--screenshot` file (headless). An embedder that handles signals itself
+    /// doesn't call this.
+    pub fn handle_signals(&mut self) -> Result<(), StartError> {
+        self.on_signals(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT], |control| {
+            tracing::info!("termination signal: stopping");
+            if control.exit.is_none() {
+                control.exit = Some(Exit::Terminated);
+            }
+        })?;
+        self.on_signals(&[signal_hook::consts::SIGUSR1], |control| {
+            if control.screenshot.is_some() {
+                control.screenshot_asked = true;
+            } else {
+                tracing::warn!("SIGUSR1: no --screenshot file to write to");
+            }
+        })
+    }
+
+    /// Runs `then` on the event loop whenever one of `signals` arrives (a self-pipe).
+    fn on_signals(&mut self, signals: &[i32], then: fn(&mut Control)) -> Result<(), StartError> {
+        let (read, write) = UnixStream::pair().map_err(StartError::Signals)?;
+        read.set_nonblocking(true).map_err(StartError::Signals)?;
+        for &signal in signals {
+            let write = write.try_clone().map_err(StartError::Signals)?;
+            self.signals.push(signal_hook::low_level::pipe::register(signal, write).map_err(StartError::Signals)?);
+        }
+        self.event_loop
+            .handle()
+            .insert_source(Generic::new(read, Interest::READ, Mode::Level), move |_, read, state| {
+                // Drain the wake-up bytes: several signals may have collapsed into one wake-up.
+                let mut buf = [0u8; 16];
+                // SAFETY: the stream stays registered with the loop; reading doesn't close it.
+                while std::io::Read::read(unsafe { read.get_mut() }, &mut buf).is_ok_and(|n| n > 0) {}
+                then(&mut state.core.control);
+                Ok(PostAction::Continue)
+            })
+            .map_err(|e| StartError::EventLoop(e.error))?;
+        Ok(())
     }
 
     /// The socket name clients use as WAYLAND_DISPLAY, if listening.
@@ -398,25 +470,35 @@ impl<B: Backend> Compositor<B> {
         }
     }
 
-    /// Runs until an exit condition is met.
+    /// Runs until an exit condition is met, then writes the last statistics.
     pub fn run(&mut self) -> Exit {
         loop {
             if let Some(exit) = self.dispatch(None) {
+                self.finish_stats(&format!("{exit:?}"));
                 return exit;
             }
         }
     }
 
+    /// Writes the last statistics snapshot (`running: false`, with `why`) and stops writing.
+    pub fn finish_stats(&mut self, why: &str) {
+        let snapshot = crate::stats::Stats::collect(&self.state);
+        if let Some(mut writer) = self.state.core.stats.take() {
+            writer.finish(snapshot, why.to_owned());
+        }
+    }
+
     /// Connects a client over one end of a socket pair (tests, embedders with their own sockets).
     pub fn insert_client(&mut self, stream: UnixStream) -> std::io::Result<Client> {
-        self.state.core.display_handle.insert_client(stream, Arc::new(ClientState::default()))
+        let data = self.state.core.client_data();
+        self.state.core.display_handle.insert_client(stream, data)
     }
 }
 
 impl<B: Backend> Drop for Compositor<B> {
     fn drop(&mut self) {
-        if let Some(path) = &self.stats_path {
-            let _ = std::fs::remove_file(path);
+        for id in self.signals.drain(..) {
+            signal_hook::low_level::unregister(id);
         }
         // Don't leave the launched app running without its compositor.
         if let Some(mut app) = self.app.take() {

@@ -61,15 +61,52 @@ pub struct Counters {
     pub fence_waits: u64,
 }
 
+/// Counters per output, for "why isn't my video zero-copy?" and for tests that wait on frames.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutputCounters {
+    /// Refresh cycles completed: a page flip, an idle refresh (KMS) or a timer tick
+    /// (headless). Frame callbacks and presentation feedback go out once per frame.
+    pub frames: u64,
+    /// Frames with new content queued to the display (KMS); frames that drew damage headless.
+    pub queued: u64,
+    /// Frames with new content that reached the screen: completed page flips on KMS, frames
+    /// that drew damage headless. Equal to `queued` when no flip is pending.
+    pub flips: u64,
+    /// Client buffers scanned out directly on a plane, summed over frames.
+    pub zero_copy_elements: u64,
+    /// Surfaces drawn by the renderer (composited), summed over frames.
+    pub composited_elements: u64,
+    /// Bytes the CpuCopy executor copied out of client buffers shown here.
+    pub bytes_copied: u64,
+    /// Frames whose cursor was on the cursor plane rather than composited.
+    pub cursor_plane_frames: u64,
+}
+
+/// How many frames each window has been part of; kept in the window's user data.
+#[derive(Debug, Default)]
+pub(crate) struct FramesShown(pub(crate) std::sync::atomic::AtomicU64);
+
 /// Per-client data smithay needs for every connection.
 #[derive(Default)]
 pub struct ClientState {
     pub compositor_state: CompositorClientState,
+    /// The compositor's count of connected clients, shared by every client's data.
+    connected: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ClientState {
+    /// Data for a client that counts itself in `connected` while it is connected.
+    pub fn counted(connected: &std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self { compositor_state: CompositorClientState::default(), connected: connected.clone() }
+    }
 }
 
 impl ClientData for ClientState {
-    fn initialized(&self, _client_id: ClientId) {}
+    fn initialized(&self, _client_id: ClientId) {
+        self.connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     fn disconnected(&self, client_id: ClientId, reason: DisconnectReason) {
+        self.connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(?client_id, ?reason, "client disconnected");
     }
 }
@@ -137,6 +174,14 @@ pub struct Core<B: Backend> {
     /// The CPU copy's thread (`None` if it couldn't start: copies then fail, visibly).
     pub(crate) copy_worker: Option<crate::path::cpu_copy::CopyWorker>,
     outputs: Vec<(Output, OutputConfig, smithay::reexports::wayland_server::backend::GlobalId)>,
+    /// Per-output counters, by output (not by name: a name can come back after a hotplug).
+    pub output_counters: std::collections::HashMap<Output, OutputCounters>,
+    /// Input devices the input backend announced, by name, in arrival order.
+    pub input_devices: Vec<String>,
+    /// Connected clients (each client's [`ClientState`] counts itself).
+    pub(crate) connected_clients: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Live statistics, when they are written somewhere (see [`crate::stats`]).
+    pub(crate) stats: Option<crate::stats::StatsWriter>,
 }
 
 impl<B: Backend> Core<B> {
@@ -201,6 +246,10 @@ impl<B: Backend> Core<B> {
             copy_worker,
             control: Default::default(),
             outputs: Vec::new(),
+            output_counters: Default::default(),
+            input_devices: Vec::new(),
+            connected_clients: Default::default(),
+            stats: None,
         }
     }
 
@@ -227,7 +276,32 @@ impl<B: Backend> Core<B> {
         if let Some(i) = self.outputs.iter().position(|(o, _, _)| o == output) {
             let (_, _, global) = self.outputs.remove(i);
             self.display_handle.remove_global::<State<B>>(global);
+            self.output_counters.remove(output);
             tracing::info!(output = output.name(), "output removed");
+        }
+    }
+
+    /// Connected clients.
+    pub fn clients(&self) -> u64 {
+        self.connected_clients.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Data for a new client connection, counted in [`Core::clients`].
+    pub fn client_data(&self) -> std::sync::Arc<ClientState> {
+        std::sync::Arc::new(ClientState::counted(&self.connected_clients))
+    }
+
+    /// The counters of `output` (created on first use).
+    pub fn counters_of(&mut self, output: &Output) -> &mut OutputCounters {
+        self.output_counters.entry(output.clone()).or_default()
+    }
+
+    /// The CpuCopy executor copied `bytes` of `surface`: booked on the first output showing it.
+    pub(crate) fn surface_copied(&mut self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface, bytes: u64) {
+        self.counters.cpu_copies += 1;
+        self.counters.bytes_copied += bytes;
+        if let Some(output) = self.outputs_showing(surface).into_iter().next() {
+            self.counters_of(&output).bytes_copied += bytes;
         }
     }
 

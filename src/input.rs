@@ -68,6 +68,18 @@ impl<B: Backend> State<B> {
                 pointer.axis(self, frame);
                 pointer.frame(self);
             }
+            InputEvent::DeviceAdded { device } => {
+                let name = smithay::backend::input::Device::name(&device);
+                tracing::info!(device = %name, "input device added");
+                self.core.input_devices.push(name);
+            }
+            InputEvent::DeviceRemoved { device } => {
+                let name = smithay::backend::input::Device::name(&device);
+                tracing::info!(device = %name, "input device removed");
+                if let Some(i) = self.core.input_devices.iter().position(|d| *d == name) {
+                    self.core.input_devices.remove(i);
+                }
+            }
             _ => {}
         }
     }

@@ -50,9 +50,25 @@ pub mod reexports {
 
 pub use backend::drm::Drm;
 pub use backend::headless::{Headless, RendererKind};
-pub use backend::{Backend, OutputCounters};
+pub use backend::Backend;
 pub use compositor::{Compositor, Exit, FramePacing, Options, ScreenshotRequest, SocketChoice, StartError};
-pub use core::{Core, Counters, OutputConfig};
+pub use core::{Core, Counters, OutputConfig, OutputCounters};
 pub use render::Screenshot;
 pub use shell::ShellMode;
 pub use state::State;
+
+/// Displays an error with its sources, `outer: inner: innermost`, for one-line messages and
+/// logs (`tracing::warn!(err = %ErrorChain(&err), ..)`).
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}

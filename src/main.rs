@@ -68,6 +68,9 @@ struct InspectArgs {
     /// With --live: the compositor's socket name [default: $WAYLAND_DISPLAY].
     #[arg(long, value_name = "NAME", requires = "live")]
     socket: Option<String>,
+    /// With --live: read the statistics file the compositor was started with (`--stats`).
+    #[arg(long, value_name = "FILE", requires = "live", conflicts_with = "socket")]
+    stats: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -102,7 +105,8 @@ struct RunArgs {
     /// Write a PNG of the first output's frame.
     #[arg(long, value_name = "FILE.png")]
     screenshot: Option<PathBuf>,
-    /// Which frame of the first output to capture with --screenshot.
+    /// Which frame of the first output to capture with --screenshot; 0: none by itself, only
+    /// on SIGUSR1 (which always writes the next frame to FILE.png).
     #[arg(long, value_name = "N", default_value_t = 60, requires = "screenshot")]
     after_frames: u64,
     /// DRM node advertised as linux-dmabuf's main device (feedback). Default: the first render
@@ -115,6 +119,10 @@ struct RunArgs {
     /// Use only this DRM device (KMS), e.g. /dev/dri/card1.
     #[arg(long, value_name = "PATH")]
     drm_device: Option<PathBuf>,
+    /// Write live statistics (JSON) to FILE while running and once more at exit, and keep it
+    /// [default: $XDG_RUNTIME_DIR/<socket>.cohere-stats.json, removed at exit].
+    #[arg(long, value_name = "FILE", env = "COHERE_STATS")]
+    stats: Option<PathBuf>,
     #[command(flatten)]
     coherency: CoherencyArgs,
     /// App to launch with WAYLAND_DISPLAY set.
@@ -213,12 +221,18 @@ fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
 }
 
 fn inspect_live(args: &InspectArgs) -> anyhow::Result<u8> {
-    ensure_runtime_dir()?;
-    let socket = args.socket.clone().or_else(|| std::env::var("WAYLAND_DISPLAY").ok()).context("no --socket and no WAYLAND_DISPLAY")?;
-    let path = cohere::stats::path_for(&socket).context("XDG_RUNTIME_DIR is not set")?;
+    let (path, name) = match &args.stats {
+        Some(path) => (path.clone(), path.display().to_string()),
+        None => {
+            ensure_runtime_dir()?;
+            let socket =
+                args.socket.clone().or_else(|| std::env::var("WAYLAND_DISPLAY").ok()).context("no --socket, --stats or WAYLAND_DISPLAY")?;
+            (cohere::stats::path_for(&socket).context("XDG_RUNTIME_DIR is not set")?, socket)
+        }
+    };
     loop {
         let stats = cohere::stats::Stats::read(&path)
-            .with_context(|| format!("no live stats at {} (is cohere running on {socket}?)", path.display()))?;
+            .with_context(|| format!("no live stats at {} (is cohere running on {name}?)", path.display()))?;
         let mut out = std::io::stdout().lock();
         if args.json {
             serde_json::to_writer_pretty(&mut out, &stats)?;
@@ -228,7 +242,7 @@ fn inspect_live(args: &InspectArgs) -> anyhow::Result<u8> {
                 // Clear the terminal and redraw, like watch(1).
                 write!(out, "\x1b[H\x1b[2J")?;
             }
-            write!(out, "cohere on {socket}\n\n{}", stats.text())?;
+            write!(out, "cohere on {name}\n\n{}", stats.text())?;
         }
         out.flush()?;
         if args.once {
@@ -247,7 +261,7 @@ fn check_kms() -> anyhow::Result<u8> {
             Ok(0)
         }
         Err(err) => {
-            println!("KMS not available: {err}");
+            println!("KMS not available: {}", cohere::ErrorChain(&err));
             Ok(1)
         }
     }
@@ -255,7 +269,8 @@ fn check_kms() -> anyhow::Result<u8> {
 
 fn run(cli: RunArgs) -> anyhow::Result<u8> {
     ensure_runtime_dir()?;
-    if let (Some(after), Some(exit)) = (cli.screenshot.as_ref().map(|_| cli.after_frames), cli.exit_after_frames) {
+    let after = cli.screenshot.as_ref().map(|_| cli.after_frames).filter(|n| *n > 0);
+    if let (Some(after), Some(exit)) = (after, cli.exit_after_frames) {
         if exit < after {
             bail!("--exit-after-frames {exit} comes before --after-frames {after}: the screenshot would never be taken");
         }
@@ -265,9 +280,10 @@ fn run(cli: RunArgs) -> anyhow::Result<u8> {
             Ok(compositor) => return drive(compositor, &cli.command),
             // A device asked for by name must work; otherwise fall back to headless and say why.
             Err(err) if cli.drm_device.is_some() => {
-                bail!("KMS on {}: {err}", cli.drm_device.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+                let device = cli.drm_device.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                return Err(anyhow::Error::new(err).context(format!("KMS on {device}")));
             }
-            Err(err) => eprintln!("cohere: KMS not available ({err}); running headless"),
+            Err(err) => eprintln!("cohere: KMS not available ({}); running headless", cohere::ErrorChain(&err)),
         }
     }
     drive(Compositor::new_headless(options(&cli)?)?, &cli.command)
@@ -279,7 +295,7 @@ fn options(cli: &RunArgs) -> anyhow::Result<Options> {
     let outputs = if outputs.is_empty() { vec![OutputConfig { refresh_mhz, ..OutputConfig::default() }] } else { outputs };
     let screenshot = match &cli.screenshot {
         Some(path) => Some(
-            ScreenshotRequest::new(path.clone(), cli.after_frames)
+            ScreenshotRequest::new(path.clone(), Some(cli.after_frames).filter(|n| *n > 0))
                 .with_context(|| format!("cannot write screenshot {}", path.display()))?,
         ),
         None => None,
@@ -301,12 +317,14 @@ fn options(cli: &RunArgs) -> anyhow::Result<Options> {
         exit_after_frames: cli.exit_after_frames,
         coherency: cli.coherency.options(),
         drm_device: cli.drm_device.clone(),
+        stats_file: cli.stats.clone(),
         ..Options::default()
     })
 }
 
 /// Prints the socket, launches the app, runs until an exit condition, logs the plan counters.
 fn drive<B: Backend>(mut compositor: Compositor<B>, command: &[OsString]) -> anyhow::Result<u8> {
+    compositor.handle_signals()?;
     if let Some(name) = compositor.socket_name() {
         let mut out = std::io::stdout().lock();
         writeln!(out, "WAYLAND_DISPLAY={}", name.to_string_lossy())?;
@@ -315,16 +333,18 @@ fn drive<B: Backend>(mut compositor: Compositor<B>, command: &[OsString]) -> any
     compositor.spawn(command)?;
     let exit = compositor.run();
     tracing::info!(?exit, "exiting");
-    let counters = &compositor.state.backend.coherency().counters;
-    let paths: Vec<String> = counters.decisions.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    tracing::info!(buffers = counters.buffers, rejected = counters.rejected, paths = %paths.join(" "), "coherency plans made");
-    let core = &compositor.state.core.counters;
-    tracing::info!(copies = core.cpu_copies, bytes = core.bytes_copied, "cpu copies");
-    tracing::info!(commits_held = core.fence_waits, "acquire fences");
-    for (output, c) in compositor.state.backend.output_counters() {
+    // The same figures the statistics file has, for the log.
+    let stats = cohere::stats::Stats::collect(&compositor.state);
+    let paths: Vec<String> = stats.decisions.iter().map(|d| format!("{}:{}={}", d.access, d.path, d.count)).collect();
+    tracing::info!(buffers = stats.buffers_planned, rejected = stats.buffers_rejected, paths = %paths.join(" "), "coherency plans made");
+    tracing::info!(copies = stats.cpu_copies, bytes = stats.bytes_copied, "cpu copies");
+    tracing::info!(commits_held = stats.commits_held_for_fences, "acquire fences");
+    for o in &stats.outputs {
+        let c = &o.counters;
         tracing::info!(
-            output,
+            output = o.name,
             frames = c.frames,
+            flips = c.flips,
             zero_copy = c.zero_copy_elements,
             composited = c.composited_elements,
             bytes_copied = c.bytes_copied,
@@ -336,5 +356,6 @@ fn drive<B: Backend>(mut compositor: Compositor<B>, command: &[OsString]) -> any
         Exit::FramesDone => 0,
         Exit::AppExited(code) => u8::try_from(code).unwrap_or(1),
         Exit::Failed => 1,
+        Exit::Terminated => 0,
     })
 }

@@ -1,83 +1,233 @@
-//! Live statistics for `cohere inspect --live`: the running compositor writes them once a
-//! second to `$XDG_RUNTIME_DIR/<socket>.cohere-stats.json` (atomically), and `inspect --live`
-//! reads that file. Answers "why isn't my video zero-copy?" while it plays.
+//! Live statistics: what the compositor is doing, as JSON data that `cohere inspect --live`,
+//! monitoring and the tests read. The running compositor writes a snapshot every
+//! [`INTERVAL`] (atomically: a temporary file and a rename), and a last one when it stops
+//! (`running: false`, with the reason). Where:
+//! - `--stats FILE` or `COHERE_STATS=FILE`: that file, kept after exit;
+//! - otherwise, with a listening socket, `$XDG_RUNTIME_DIR/<socket>.cohere-stats.json`, removed
+//!   when cohere exits.
+//!
+//! Answers "why isn't my video zero-copy?" while it plays: per-output frames, planes and
+//! copies, every window with its buffer's plan, and the plan counters.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, OutputCounters};
+use crate::backend::Backend;
+use crate::coherency::{Access, BufferPlan, ConsumerId, Path as PlanPath};
+use crate::core::OutputCounters;
 use crate::State;
+
+/// How often the running compositor writes a snapshot.
+pub const INTERVAL: Duration = Duration::from_millis(100);
+
+/// The environment variable that names the stats file, like `--stats`.
+pub const ENV: &str = "COHERE_STATS";
 
 /// One snapshot.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stats {
-    pub outputs: Vec<(String, OutputCountersView)>,
+    /// The compositor's process id.
+    pub pid: u32,
+    /// Grows by one with every snapshot written.
+    pub serial: u64,
+    /// `false` in the snapshot written as the compositor stopped.
+    pub running: bool,
+    /// Why it stopped (the last snapshot only).
+    #[serde(default)]
+    pub exit: Option<String>,
+    /// Connected clients.
+    pub clients: u64,
+    pub outputs: Vec<OutputStats>,
+    /// DRM devices driven (KMS only).
+    pub devices: Vec<DeviceStats>,
+    /// Input devices, by name, as the input backend announced them.
+    pub input_devices: Vec<String>,
+    /// Mapped windows, bottom to top.
+    pub windows: Vec<WindowStats>,
     pub buffers_planned: u64,
     pub buffers_rejected: u64,
-    /// "access:path" → count over all planned buffers.
-    pub decisions: Vec<(String, u64)>,
-    /// Each live client buffer: exporter and its plan per consumer.
-    pub live_buffers: Vec<String>,
+    /// Decisions made at import, per consumer access and path.
+    pub decisions: Vec<DecisionCount>,
+    /// Each live client dma-buf and its plan.
+    pub live_buffers: Vec<BufferStats>,
     /// CPU copies landed and their bytes, over all surfaces.
-    #[serde(default)]
     pub cpu_copies: u64,
-    #[serde(default)]
     pub bytes_copied: u64,
     /// Commits that waited for their buffer's acquire fence.
-    #[serde(default)]
     pub commits_held_for_fences: u64,
+    /// Commits cohere holds right now (fences, copies).
+    pub commits_waiting: u64,
+    /// Screenshots written (`--screenshot`, SIGUSR1).
+    pub screenshots: u64,
+    /// The DRM devices the coherency model knows (probed at start and after every hotplug).
+    pub coherency_devices: Vec<KnownDevice>,
+    /// Times the machine was probed again and every live plan recomputed (hotplug).
+    pub plans_recomputed: u64,
 }
 
-/// [`OutputCounters`] as stored in the stats file.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct OutputCountersView {
-    pub frames: u64,
-    pub zero_copy_elements: u64,
-    pub composited_elements: u64,
-    /// Older stats files lack it.
-    #[serde(default)]
-    pub bytes_copied: u64,
-    #[serde(default)]
-    pub cursor_plane_frames: u64,
+/// A device as the coherency model knows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KnownDevice {
+    pub card: String,
+    pub driver: String,
+    /// Has displays.
+    pub kms: bool,
 }
 
-impl From<OutputCounters> for OutputCountersView {
-    fn from(c: OutputCounters) -> Self {
-        Self {
-            frames: c.frames,
-            zero_copy_elements: c.zero_copy_elements,
-            composited_elements: c.composited_elements,
-            bytes_copied: c.bytes_copied,
-            cursor_plane_frames: c.cursor_plane_frames,
-        }
+/// One output's counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutputStats {
+    pub name: String,
+    #[serde(flatten)]
+    pub counters: OutputCounters,
+}
+
+/// A DRM device the KMS backend drives.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceStats {
+    pub card: String,
+    pub driver: String,
+    pub outputs: Vec<String>,
+}
+
+/// A mapped window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WindowStats {
+    pub title: Option<String>,
+    pub app_id: Option<String>,
+    /// Has keyboard focus.
+    pub focused: bool,
+    /// Position and size in the global space (logical pixels).
+    pub geometry: (i32, i32, i32, i32),
+    /// Frames (on any output) that showed this window: on a plane or drawn.
+    pub frames_shown: u64,
+    /// Its current buffer, when it has one: `shm`, or a dma-buf's exporter.
+    pub buffer: Option<String>,
+    /// Its dma-buf's format and modifier as cohere took them (`XR24 Linear`).
+    #[serde(default)]
+    pub buffer_format: Option<String>,
+    /// Its dma-buf's plan, when it has one.
+    pub plan: Option<PlanStats>,
+}
+
+/// (access, path) → count.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DecisionCount {
+    pub access: Access,
+    pub path: PlanPath,
+    pub count: u64,
+}
+
+/// A live client dma-buf.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BufferStats {
+    pub exporter: String,
+    pub plan: PlanStats,
+}
+
+/// A plan as data: each consumer's path, with its label and reason for people.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlanStats {
+    pub consumers: Vec<ConsumerStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsumerStats {
+    pub consumer: ConsumerId,
+    pub label: String,
+    pub path: PlanPath,
+    pub reason: String,
+}
+
+impl From<&BufferPlan> for PlanStats {
+    fn from(plan: &BufferPlan) -> Self {
+        let consumers = plan
+            .consumers()
+            .map(|c| ConsumerStats { consumer: c.consumer, label: c.label.clone(), path: c.path(), reason: c.decision.reason.clone() })
+            .collect();
+        Self { consumers }
     }
 }
 
-/// Where the stats of the compositor on `socket` live.
+impl PlanStats {
+    /// The path of the first consumer with `access`, e.g. the renderer's.
+    pub fn path(&self, access: Access) -> Option<PlanPath> {
+        self.consumers.iter().find(|c| c.consumer.access() == access).map(|c| c.path)
+    }
+
+    /// The path of the consumer labelled with `label_part` in it (tests and people look up
+    /// displays by driver name this way; cohere itself never does).
+    pub fn path_of(&self, label_part: &str) -> Option<PlanPath> {
+        self.consumers.iter().find(|c| c.label.contains(label_part)).map(|c| c.path)
+    }
+}
+
+/// Where the stats of the compositor on `socket` live when no file was named.
 pub fn path_for(socket: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("XDG_RUNTIME_DIR")?;
     Some(Path::new(&dir).join(format!("{socket}.cohere-stats.json")))
 }
 
 impl Stats {
+    /// A snapshot of `state`.
     pub fn collect<B: Backend>(state: &State<B>) -> Self {
+        let core = &state.core;
         let coherency = state.backend.coherency();
+        let outputs = core
+            .outputs()
+            .map(|o| OutputStats { name: o.name(), counters: core.output_counters.get(o).copied().unwrap_or_default() })
+            .collect();
+        let plans = &coherency.plans;
+        let windows = core
+            .space
+            .elements()
+            .map(|w| {
+                let window = core.window_stats(w);
+                let dmabuf = w.toplevel().and_then(|t| crate::import::surface_dmabuf(t.wl_surface()));
+                let planned = dmabuf.as_ref().and_then(|d| plans.get(d));
+                let buffer = planned.map(|p| p.exporter.clone()).or(window.buffer.clone());
+                let buffer_format = dmabuf.as_ref().map(|d| {
+                    let format = smithay::backend::allocator::Buffer::format(d);
+                    format!("{} {:?}", format.code, format.modifier)
+                });
+                WindowStats { plan: planned.map(PlanStats::from), buffer, buffer_format, ..window }
+            })
+            .collect();
         Self {
-            outputs: state.backend.output_counters().into_iter().map(|(n, c)| (n, c.into())).collect(),
+            pid: std::process::id(),
+            serial: 0,
+            running: true,
+            exit: None,
+            clients: core.clients(),
+            outputs,
+            devices: state.backend.device_stats(),
+            input_devices: core.input_devices.clone(),
+            windows,
             buffers_planned: coherency.counters.buffers,
             buffers_rejected: coherency.counters.rejected,
-            decisions: coherency.counters.decisions.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            live_buffers: coherency.plans.live_plans().map(|p| format!("{}: {p}", p.exporter)).collect(),
-            cpu_copies: state.core.counters.cpu_copies,
-            bytes_copied: state.core.counters.bytes_copied,
-            commits_held_for_fences: state.core.counters.fence_waits,
+            decisions: coherency.counters.decisions.iter().map(|(&(access, path), &count)| DecisionCount { access, path, count }).collect(),
+            live_buffers: plans.live_plans().map(|p| BufferStats { exporter: p.exporter.clone(), plan: p.into() }).collect(),
+            cpu_copies: core.counters.cpu_copies,
+            bytes_copied: core.counters.bytes_copied,
+            commits_held_for_fences: core.counters.fence_waits,
+            commits_waiting: core.commit_waits.len() as u64,
+            screenshots: core.control.screenshots_written,
+            coherency_devices: coherency
+                .machine
+                .devices
+                .iter()
+                .map(|d| KnownDevice { card: d.name.clone(), driver: d.driver.value.clone(), kms: d.kms })
+                .collect(),
+            plans_recomputed: coherency.reprobes,
         }
     }
 
     /// Writes to `path` through a temporary file and a rename, so readers never see half.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
         std::fs::rename(tmp, path)
     }
@@ -86,27 +236,95 @@ impl Stats {
         serde_json::from_slice(&std::fs::read(path)?).map_err(std::io::Error::other)
     }
 
+    /// The output named `name`.
+    pub fn output(&self, name: &str) -> Option<&OutputCounters> {
+        self.outputs.iter().find(|o| o.name == name).map(|o| &o.counters)
+    }
+
+    /// The first window titled `title`.
+    pub fn window(&self, title: &str) -> Option<&WindowStats> {
+        self.windows.iter().find(|w| w.title.as_deref() == Some(title))
+    }
+
+    /// How many decisions gave `path` to consumers with `access`.
+    pub fn decisions_of(&self, access: Access, path: PlanPath) -> u64 {
+        self.decisions.iter().find(|d| d.access == access && d.path == path).map_or(0, |d| d.count)
+    }
+
     /// The text `inspect --live` prints.
     pub fn text(&self) -> String {
-        let mut out = String::from("output            frames  zero-copy  composited  bytes-copied  cursor-plane\n");
-        for (name, c) in &self.outputs {
+        let mut out = String::from("output            frames   flips  zero-copy  composited  bytes-copied  cursor-plane\n");
+        for o in &self.outputs {
+            let c = &o.counters;
             out += &format!(
-                "{name:<16} {:>7} {:>10} {:>11} {:>13} {:>13}\n",
-                c.frames, c.zero_copy_elements, c.composited_elements, c.bytes_copied, c.cursor_plane_frames
+                "{:<16} {:>7} {:>7} {:>10} {:>11} {:>13} {:>13}\n",
+                o.name, c.frames, c.flips, c.zero_copy_elements, c.composited_elements, c.bytes_copied, c.cursor_plane_frames
             );
         }
+        for d in &self.devices {
+            out += &format!("{}: {} ({})\n", d.card, d.driver, d.outputs.join(", "));
+        }
         out += &format!(
-            "\ncpu copies {} ({} bytes), commits held for fences {}\n",
-            self.cpu_copies, self.bytes_copied, self.commits_held_for_fences
+            "\ncpu copies {} ({} bytes), commits held for fences {}, commits waiting now {}\n",
+            self.cpu_copies, self.bytes_copied, self.commits_held_for_fences, self.commits_waiting
         );
         out += &format!("\nbuffers planned {}, rejected {}\n", self.buffers_planned, self.buffers_rejected);
-        for (k, v) in &self.decisions {
-            out += &format!("  {k:<32} {v}\n");
+        for d in &self.decisions {
+            out += &format!("  {:<32} {}\n", format!("{}:{}", d.access, d.path), d.count);
+        }
+        out += "\nwindows:\n";
+        for w in &self.windows {
+            let focus = if w.focused { " (focused)" } else { "" };
+            let buffer = w.buffer.as_deref().unwrap_or("no buffer");
+            out += &format!("  {:?}{focus}: {buffer}, {} frames\n", w.title.as_deref().unwrap_or(""), w.frames_shown);
         }
         out += "\nlive buffers:\n";
         for b in &self.live_buffers {
-            out += &format!("  {b}\n");
+            let paths: Vec<String> = b.plan.consumers.iter().map(|c| format!("{}: {}", c.label, c.path)).collect();
+            out += &format!("  {}: {}\n", b.exporter, paths.join(", "));
         }
         out
+    }
+}
+
+/// Writes a snapshot every [`INTERVAL`] and the last one at exit.
+#[derive(Debug)]
+pub(crate) struct StatsWriter {
+    path: PathBuf,
+    /// Remove the file when the compositor goes (the socket-side default); a named file stays.
+    remove_at_exit: bool,
+    serial: u64,
+}
+
+impl StatsWriter {
+    pub(crate) fn new(path: PathBuf, remove_at_exit: bool) -> Self {
+        Self { path, remove_at_exit, serial: 0 }
+    }
+
+    pub(crate) fn write(&mut self, mut stats: Stats) {
+        self.serial += 1;
+        stats.serial = self.serial;
+        if let Err(err) = stats.write(&self.path) {
+            tracing::debug!(%err, path = %self.path.display(), "stats not written");
+        }
+    }
+
+    /// The last snapshot, as the compositor stops.
+    pub(crate) fn finish(&mut self, mut stats: Stats, exit: String) {
+        stats.running = false;
+        stats.exit = Some(exit);
+        self.write(stats);
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StatsWriter {
+    fn drop(&mut self) {
+        if self.remove_at_exit {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }

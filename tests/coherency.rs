@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use cohere::coherency::{
-    plan, probe, report::Report, Access, BufferPlan, ConsumerFacts, ExporterFacts, Fact, MachineFacts, MemoryType, Path, ProbeOptions,
-    Quirks, RendererChoice, Source,
+    plan, probe, report::Report, BufferPlan, ConsumerFacts, ConsumerId, ConsumerPlan, DeviceId, ExporterFacts, Fact, MachineFacts,
+    MemoryType, Path, PlanCounters, ProbeOptions, Quirks, RendererChoice, RendererFacts, Source,
 };
 use proptest::prelude::*;
 
@@ -47,12 +47,18 @@ fn table(name: &str) -> String {
     rows.join("\n")
 }
 
-fn path_of(name: &str, exporter: &str, consumer_prefix: &str) -> Path {
+fn path_of(name: &str, exporter: &str, consumer: ConsumerId) -> Path {
     let quirks = Quirks::builtin().expect("database");
     let facts = ExporterFacts::lookup(Fact::new(exporter.into(), Source::Fdinfo), &quirks);
     let plan = BufferPlan::compute(&facts, &natural(name));
-    let found = plan.decisions().find(|(c, _)| c.starts_with(consumer_prefix)).map(|(_, d)| d.path);
-    found.unwrap_or_else(|| panic!("{consumer_prefix}"))
+    plan.decision(consumer).map(|d| d.path).unwrap_or_else(|| panic!("{consumer:?}"))
+}
+
+const RENDER: ConsumerId = ConsumerId::Render;
+
+/// The display engine of /dev/dri/card`n` (the fixtures' sysfs `dev` is 226:n).
+fn scanout(n: u32) -> ConsumerId {
+    ConsumerId::Scanout(DeviceId(rustix::fs::makedev(226, n)))
 }
 
 #[test]
@@ -63,9 +69,9 @@ fn x86_laptop_i915_and_amdgpu() {
     assert!(!m.device_tree);
     insta::assert_snapshot!(table("x86-laptop"));
     // Cached CPU memory: the GPU snoops; the display engines don't, and udmabuf can sync them.
-    assert_eq!(path_of("x86-laptop", "udmabuf", "render"), Path::Direct);
-    assert_eq!(path_of("x86-laptop", "udmabuf", "scanout card0"), Path::DirectWithMaintenance);
-    assert_eq!(path_of("x86-laptop", "videobuf2_vmalloc", "scanout card1"), Path::Composite);
+    assert_eq!(path_of("x86-laptop", "udmabuf", RENDER), Path::Direct);
+    assert_eq!(path_of("x86-laptop", "udmabuf", scanout(0)), Path::DirectWithMaintenance);
+    assert_eq!(path_of("x86-laptop", "videobuf2_vmalloc", scanout(1)), Path::Composite);
 }
 
 #[test]
@@ -75,9 +81,9 @@ fn imx8_etnaviv_and_dcss_without_dma_coherent() {
     assert!(m.devices.iter().all(|d| d.dt_dma_coherent.as_ref().is_some_and(|f| !f.value)));
     insta::assert_snapshot!(table("imx8"));
     // The UVC case: CPU-written cached memory, no attachment sync, nothing snoops: CPU copy.
-    assert_eq!(path_of("imx8", "videobuf2_vmalloc", "render"), Path::CpuCopy);
-    assert_eq!(path_of("imx8", "videobuf2_vmalloc", "scanout"), Path::CpuCopy);
-    assert_eq!(path_of("imx8", "udmabuf", "scanout"), Path::DirectWithMaintenance);
+    assert_eq!(path_of("imx8", "videobuf2_vmalloc", RENDER), Path::CpuCopy);
+    assert_eq!(path_of("imx8", "videobuf2_vmalloc", scanout(1)), Path::CpuCopy);
+    assert_eq!(path_of("imx8", "udmabuf", scanout(1)), Path::DirectWithMaintenance);
 }
 
 #[test]
@@ -86,8 +92,8 @@ fn rpi_v3d_and_vc4() {
     let drivers: Vec<&str> = m.devices.iter().map(|d| d.driver.value.as_str()).collect();
     assert_eq!(drivers, ["v3d", "vc4"]);
     insta::assert_snapshot!(table("rpi"));
-    assert_eq!(path_of("rpi", "system", "render"), Path::DirectWithMaintenance);
-    assert_eq!(path_of("rpi", "drm", "scanout"), Path::Direct);
+    assert_eq!(path_of("rpi", "system", RENDER), Path::DirectWithMaintenance);
+    assert_eq!(path_of("rpi", "drm", scanout(1)), Path::Direct);
 }
 
 #[test]
@@ -98,9 +104,9 @@ fn vm_vkms_vgem_virtio_gpu() {
     let kms: Vec<&str> = m.devices.iter().filter(|d| d.kms).map(|d| d.name.as_str()).collect();
     assert_eq!(kms, ["card1", "card2"], "vgem has no display");
     insta::assert_snapshot!(table("vm"));
-    assert_eq!(path_of("vm", "udmabuf", "scanout card1"), Path::Direct);
+    assert_eq!(path_of("vm", "udmabuf", scanout(1)), Path::Direct);
     // virtio-gpu refuses foreign dma-bufs: composited by the (CPU) renderer instead.
-    assert_eq!(path_of("vm", "udmabuf", "scanout card2"), Path::Composite);
+    assert_eq!(path_of("vm", "udmabuf", scanout(2)), Path::Composite);
 }
 
 /// Implicit-modifier buffers are read as linear only where no device could have tiled them.
@@ -184,22 +190,26 @@ fn arb_exporter() -> impl Strategy<Value = ExporterFacts> {
     })
 }
 
-fn arb_consumer(access: Access) -> impl Strategy<Value = ConsumerFacts> {
+fn arb_consumer(id: ConsumerId) -> impl Strategy<Value = ConsumerFacts> {
     (any::<bool>(), any::<bool>(), any::<bool>(), arb_source()).prop_map(move |(snoops, imports, cpu, s)| ConsumerFacts {
+        id,
         name: "c".into(),
-        access,
         snoops: Fact::new(snoops, s.clone()),
         imports_foreign: Fact::new(imports, s),
         // Only a renderer can be a CPU one; scanout is always a device.
-        through_cpu: cpu && access == Access::Sample,
+        through_cpu: cpu && id == ConsumerId::Render,
     })
+}
+
+fn arb_displays() -> impl Strategy<Value = Vec<ConsumerFacts>> {
+    (0usize..4).prop_flat_map(|n| (0..n).map(|i| arb_consumer(ConsumerId::Scanout(DeviceId(i as u64)))).collect::<Vec<_>>())
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4096, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn plan_invariants(exporter in arb_exporter(), render_c in arb_consumer(Access::Sample), scan in prop::collection::vec(arb_consumer(Access::Scanout), 0..4)) {
+    fn plan_invariants(exporter in arb_exporter(), render_c in arb_consumer(RENDER), scan in arb_displays()) {
         let render = plan(&exporter, &render_c, None);
         let mut all = vec![(render_c.clone(), render.clone())];
         for c in &scan {
@@ -224,7 +234,7 @@ proptest! {
             }
             // Composition only for scanout, and only when the renderer reads the buffer.
             if d.path == Path::Composite {
-                prop_assert!(c.access == Access::Scanout && render.path.reads_buffer());
+                prop_assert!(matches!(c.id, ConsumerId::Scanout(_)) && render.path.reads_buffer());
             }
             // CPU copies need a CPU mapping; reject only when nothing else is possible.
             if d.path == Path::CpuCopy {
@@ -232,18 +242,63 @@ proptest! {
             }
             if d.path == Path::Reject {
                 prop_assert!(!exporter.cpu_mappable.value);
-                prop_assert!(c.access == Access::Sample || !render.path.reads_buffer());
+                prop_assert!(c.id == RENDER || !render.path.reads_buffer());
             }
             prop_assert!(!d.reason.is_empty());
         }
         // The buffer is rejected only when every consumer rejects.
+        let of = |c: &ConsumerFacts, d: &cohere::coherency::Decision| ConsumerPlan { consumer: c.id, label: c.name.clone(), decision: d.clone() };
+        let cpu = MachineFacts::cpu_consumer();
         let machine_plan = BufferPlan {
             exporter: "x".into(),
-            render: ("render".into(), render.clone()),
-            scanout: all[1..].iter().map(|(c, d)| (c.name.clone(), d.clone())).collect(),
-            cpu: plan(&exporter, &MachineFacts::cpu_consumer(), None),
+            render: of(&render_c, &render),
+            scanout: all[1..].iter().map(|(c, d)| of(c, d)).collect(),
+            cpu: of(&cpu, &plan(&exporter, &cpu, None)),
         };
         let every_reject = all.iter().all(|(_, d)| d.path == Path::Reject);
         prop_assert_eq!(machine_plan.rejection().is_some(), every_reject);
+    }
+}
+
+/// What cohere decides for a buffer, without any label: (consumer, path) for every consumer.
+fn decisions_only(plan: &BufferPlan) -> Vec<(ConsumerId, Path)> {
+    plan.consumers().map(|c| (c.consumer, c.path())).collect()
+}
+
+/// Labels are for people. Renaming every card and driver label on every fixture machine leaves
+/// every plan, the plan counters and the choice of scanout device exactly as they were.
+#[test]
+fn renaming_consumer_labels_changes_no_decision() {
+    let quirks = Quirks::builtin().expect("database");
+    for name in ["x86-laptop", "imx8", "rpi", "vm"] {
+        let original = natural(name);
+        let mut renamed = original.clone();
+        for (i, d) in renamed.devices.iter_mut().enumerate() {
+            d.name = format!("display-{}", 9 - i);
+            d.driver.value = format!("driver-{i}");
+        }
+        if let RendererFacts::Device { card, .. } = &mut renamed.renderer {
+            *card = "renamed-gpu".into();
+        }
+        let displays: Vec<DeviceId> = original.devices.iter().map(|d| d.id).collect();
+        let (mut before, mut after) = (PlanCounters::default(), PlanCounters::default());
+        for exporter in quirks.exporters() {
+            let facts = ExporterFacts::lookup(Fact::new(exporter.clone(), Source::Fdinfo), &quirks);
+            let (a, b) = (BufferPlan::compute(&facts, &original), BufferPlan::compute(&facts, &renamed));
+            assert_ne!(
+                a.decisions().map(|(l, _)| l.to_owned()).collect::<Vec<_>>(),
+                b.decisions().map(|(l, _)| l.to_owned()).collect::<Vec<_>>(),
+                "{name}: labels were renamed"
+            );
+            assert_eq!(decisions_only(&a), decisions_only(&b), "{name} {exporter}");
+            assert_eq!(
+                cohere::path::direct::scanout_device(&a, &displays),
+                cohere::path::direct::scanout_device(&b, &displays),
+                "{name} {exporter}: scanout device"
+            );
+            before.record(&a);
+            after.record(&b);
+        }
+        assert_eq!(before, after, "{name}: plan counters");
     }
 }

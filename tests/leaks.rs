@@ -6,60 +6,68 @@
 #[allow(dead_code)]
 mod client;
 
-use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "common/cohere.rs"]
+#[allow(dead_code)]
+mod cohere;
 
-struct Cohere {
-    child: Child,
+use std::os::unix::net::UnixStream;
+
+/// The real `cohere` binary in its own runtime directory.
+struct Compositor {
+    cohere: cohere::Cohere,
     socket: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
-impl Cohere {
+impl Compositor {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("runtime dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cohere"))
-            .args(["--headless", "--desktop", "--size", "320x240", "--socket", "leaks", "--exit-after-frames", "100000"])
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("cohere starts");
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")), &mut line).expect("socket line");
-        assert_eq!(line, "WAYLAND_DISPLAY=leaks\n");
-        let socket = dir.path().join("leaks");
-        Cohere { child, socket, _dir: dir }
+        let runtime = dir.path().to_str().expect("path").to_owned();
+        let mut cohere = cohere::Cohere::start(
+            &["--headless", "--desktop", "--size", "320x240"],
+            &[],
+            &[("XDG_RUNTIME_DIR", runtime.as_str()), ("RUST_LOG", "error")],
+        )
+        .expect("cohere starts");
+        cohere.wait("cohere to listen", |_| true).expect("statistics");
+        let socket = dir.path().join(&cohere.socket);
+        Compositor { cohere, socket, _dir: dir }
     }
 
+    /// The compositor's open descriptors, except its statistics file, which it opens for a
+    /// moment every 100 ms.
     fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map(|d| d.count()).unwrap_or(0)
+        let stats = self.cohere.stats_file.to_string_lossy().into_owned();
+        std::fs::read_dir(format!("/proc/{}/fd", self.cohere.pid()))
+            .map(|d| d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|l| !l.to_string_lossy().starts_with(&stats)).count())
+            .unwrap_or(0)
     }
 
-    /// Waits (up to 5 s) for the fd count to come back to `want`; returns the last count.
-    fn settle_to(&self, want: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+    /// Waits until every client is gone (the statistics say so) and then until the descriptor
+    /// count comes back to `baseline` (a closed client's socket goes at the server's next
+    /// dispatch); the deadline's message says what was left over.
+    fn settles_to(&mut self, baseline: usize) -> Result<(), String> {
+        self.cohere.wait("every client gone", |s| s.clients == 0 && s.commits_waiting == 0)?;
+        cohere::wait_for(&format!("cohere's descriptors back to {baseline}"), || {
             let now = self.fds();
-            if now == want || Instant::now() > deadline {
-                return now;
+            if now == baseline {
+                Ok(())
+            } else {
+                Err(format!("{now}: {:?}", self.fd_links()))
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
-}
 
-impl Drop for Cohere {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn fd_links(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.cohere.pid()))
+            .map(|d| d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).collect())
+            .unwrap_or_default()
     }
 }
 
 /// A client maps a window with an shm buffer and a frame callback, then leaves: destroying its
 /// objects first, or just closing its socket.
-fn client_round(cohere: &Cohere, i: i32, abrupt: bool) {
+fn client_round(cohere: &Compositor, i: i32, abrupt: bool) {
     let mut c = client::TestClient::new(UnixStream::connect(&cohere.socket).expect("connect"));
     c.blocking_roundtrip().expect("registry");
     c.bind_globals();
@@ -81,30 +89,31 @@ fn client_round(cohere: &Cohere, i: i32, abrupt: bool) {
 }
 
 #[test]
-fn compositor_fds_stay_flat_across_clients() {
-    let cohere = Cohere::start();
+fn compositor_fds_stay_flat_across_clients() -> Result<(), String> {
+    let mut cohere = Compositor::start();
+    // The baseline: the compositor before any client came.
+    let baseline = cohere.fds();
     for i in 0..3 {
         client_round(&cohere, i, false);
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let baseline = cohere.fds();
+    cohere.settles_to(baseline).map_err(|e| format!("after the first 3 clients: {e}"))?;
     for i in 0..40 {
         client_round(&cohere, i, false);
     }
-    assert_eq!(cohere.settle_to(baseline), baseline, "fds after 40 clients that cleaned up and left");
+    cohere.settles_to(baseline).map_err(|e| format!("after 40 clients that cleaned up and left: {e}"))?;
     for i in 0..40 {
         client_round(&cohere, i, true);
     }
-    assert_eq!(cohere.settle_to(baseline), baseline, "fds after 40 clients that just closed their socket");
+    cohere.settles_to(baseline).map_err(|e| format!("after 40 clients that just closed their socket: {e}"))?;
     // linux-dmabuf: fds that aren't dma-bufs, sent as planes; some clients are disconnected by
     // a protocol error (create_immed), others get `failed` and leave.
     for i in 0..40 {
         dmabuf_round(&cohere, i);
     }
-    assert_eq!(cohere.settle_to(baseline), baseline, "fds after 40 clients that sent non-dma-buf planes");
+    cohere.settles_to(baseline).map_err(|e| format!("after 40 clients that sent non-dma-buf planes: {e}"))
 }
 
-fn dmabuf_round(cohere: &Cohere, i: i32) {
+fn dmabuf_round(cohere: &Compositor, i: i32) {
     let mut c = client::TestClient::new(UnixStream::connect(&cohere.socket).expect("connect"));
     c.blocking_roundtrip().expect("registry");
     c.bind_globals();

@@ -1,8 +1,14 @@
 //! Real third-party clients (Debian's weston and wayland-utils packages) against the real
 //! `cohere` binary, checked by what wayland-info reports and by screenshot pixels.
 
-use std::path::{Path, PathBuf};
+#[path = "common/cohere.rs"]
+#[allow(dead_code)]
+mod cohere;
+
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+
+use crate::cohere::Cohere;
 
 fn runtime_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cohere-tests-{}", std::process::id()));
@@ -34,14 +40,25 @@ struct Png {
 }
 
 impl Png {
-    fn read(path: &Path) -> Png {
-        let decoder = png::Decoder::new(std::fs::File::open(path).expect("screenshot exists"));
-        let mut reader = decoder.read_info().expect("valid PNG");
-        let mut rgba = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut rgba).expect("PNG frame");
-        assert_eq!(info.color_type, png::ColorType::Rgba);
-        Png { width: info.width, height: info.height, rgba }
+    /// A screenshot of cohere's primary output, taken once `title`'s window was part of a
+    /// frame; cohere is stopped afterwards.
+    fn of_window(args: &[&str], app: &[&str], title: &str) -> Result<Png, String> {
+        let path = cohere::scratch("shot", "png");
+        let path_arg = path.to_str().ok_or("path")?;
+        let mut all = args.to_vec();
+        all.extend(["--screenshot", path_arg, "--after-frames", "0"]);
+        let dir = runtime_dir();
+        let mut cohere = Cohere::start(&all, app, &[("XDG_RUNTIME_DIR", dir.to_str().ok_or("dir")?), ("RUST_LOG", "warn")])?;
+        cohere.wait(&format!("window {title:?} shown"), |s| s.window(title).is_some_and(|w| w.frames_shown >= 1))?;
+        let (width, height, rgba) = cohere.screenshot(&path)?;
+        let stopped = cohere.stop()?;
+        let _ = std::fs::remove_file(&path);
+        if stopped.status != Some(0) {
+            return Err(format!("cohere exit {:?} after SIGTERM:\n{}", stopped.status, stopped.log));
+        }
+        Ok(Png { width, height, rgba })
     }
+
     fn px(&self, x: u32, y: u32) -> [u8; 4] {
         let i = ((y * self.width + x) * 4) as usize;
         self.rgba[i..i + 4].try_into().unwrap()
@@ -70,11 +87,6 @@ impl Png {
         }
         set.len()
     }
-}
-
-fn shot_path(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    dir.join(format!("{name}.png"))
 }
 
 const BLACK: [u8; 4] = [0, 0, 0, 255];
@@ -134,56 +146,23 @@ fn several_outputs_are_advertised_side_by_side() {
 }
 
 #[test]
-fn weston_simple_shm_kiosk_is_centred_fullscreen() {
+fn weston_simple_shm_kiosk_is_centred_fullscreen() -> Result<(), String> {
     require("weston-simple-shm");
-    let path = shot_path("kiosk-simple-shm");
-    let out = cohere(&[
-        "--headless",
-        "--kiosk",
-        "--socket",
-        "cohere-test-kiosk",
-        "--screenshot",
-        path.to_str().unwrap(),
-        "--after-frames",
-        "30",
-        "--exit-after-frames",
-        "30",
-        "--",
-        "weston-simple-shm",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let png = Png::read(&path);
+    let png = Png::of_window(&["--headless", "--kiosk"], &["weston-simple-shm"], "simple-shm")?;
     assert_eq!((png.width, png.height), (1280, 720));
     // weston-simple-shm ignores the configured size and stays 250x250; xdg-shell says such a
     // fullscreen surface is centred on its output over a fill, which kiosk mode makes black.
     let bbox = png.content_box(BLACK);
     assert_eq!(bbox, (515, 235, 765, 485), "window centred on black");
     assert!(png.distinct_colors(bbox) > 200, "the client's colour pattern is inside the window");
+    Ok(())
 }
 
 #[test]
-fn weston_simple_shm_desktop_at_own_size() {
+fn weston_simple_shm_desktop_at_own_size() -> Result<(), String> {
     require("weston-simple-shm");
     for renderer in ["pixman", "gles"] {
-        let path = shot_path(&format!("desktop-simple-shm-{renderer}"));
-        let out = cohere(&[
-            "--headless",
-            "--desktop",
-            "--renderer",
-            renderer,
-            "--socket",
-            &format!("cohere-test-desk-{renderer}"),
-            "--screenshot",
-            path.to_str().unwrap(),
-            "--after-frames",
-            "30",
-            "--exit-after-frames",
-            "30",
-            "--",
-            "weston-simple-shm",
-        ]);
-        assert!(out.status.success(), "{renderer}: {}", String::from_utf8_lossy(&out.stderr));
-        let png = Png::read(&path);
+        let png = Png::of_window(&["--headless", "--desktop", "--renderer", renderer], &["weston-simple-shm"], "simple-shm")?;
         // Title bar (24 px) then the 250x250 window at the first cascade slot.
         assert_eq!(png.content_box(DESKTOP), (32, 32, 282, 306), "{renderer}");
         for x in [32, 100, 281] {
@@ -191,6 +170,7 @@ fn weston_simple_shm_desktop_at_own_size() {
         }
         assert!(png.distinct_colors((32, 56, 282, 306)) > 200, "{renderer}: client pattern");
     }
+    Ok(())
 }
 
 #[test]
@@ -218,7 +198,7 @@ fn bad_invocations_fail_clearly() {
 
     // A second compositor on a socket name in use is refused, while the first keeps running.
     let mut first = Command::new(env!("CARGO_BIN_EXE_cohere"))
-        .args(["--headless", "--socket", "cohere-test-busy", "--exit-after-frames", "600"])
+        .args(["--headless", "--socket", "cohere-test-busy"])
         .env("XDG_RUNTIME_DIR", runtime_dir())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -230,7 +210,7 @@ fn bad_invocations_fail_clearly() {
     let out = cohere(&["--headless", "--socket", "cohere-test-busy", "--exit-after-frames", "1"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("socket \"cohere-test-busy\": already in use"), "{err}");
+    assert!(err.contains("socket \"cohere-test-busy\": Requested socket name is already in use"), "{err}");
     assert_eq!(first.try_wait().unwrap(), None, "the first compositor is unaffected");
     first.kill().unwrap();
     first.wait().unwrap();

@@ -15,12 +15,12 @@ thread_local! {
     static SERVER: RefCell<harness::Server> = RefCell::new(harness::Server::with_implicit(Some(0xe280), cohere::import::ImplicitModifier::AsLinear));
 }
 
-fuzz_target!(|ops: Vec<sequence::Op>| {
-    if ops.len() > 16 {
+fuzz_target!(|seq: sequence::Sequence| {
+    if seq.ops.len() > 16 {
         return;
     }
     SERVER.with(|server| {
-        if let Err(e) = sequence::run_sequence(&mut server.borrow_mut(), &ops) {
+        if let Err(e) = sequence::run_sequence(&mut server.borrow_mut(), &seq) {
             panic!("{e}");
         }
     });

@@ -32,19 +32,28 @@ pub enum RendererKind {
     Gles,
 }
 
+/// A renderer's own error, boxed: the two renderers have different error types.
+pub type RenderError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why the headless backend could not start or draw.
 #[derive(Debug, thiserror::Error)]
 pub enum HeadlessError {
-    #[error("pixman renderer: {0}")]
-    Pixman(String),
-    #[error("no EGL software device (EGL_MESA_device_software) is available: {0}")]
-    NoSoftwareDevice(String),
-    #[error("GLES renderer: {0}")]
-    Gles(String),
+    #[error("pixman renderer")]
+    Pixman(#[source] smithay::backend::renderer::pixman::PixmanError),
+    #[error("listing EGL devices")]
+    EglDevices(#[source] smithay::backend::egl::Error),
+    #[error("no EGL software device (EGL_MESA_device_software) is available")]
+    NoSoftwareDevice,
+    #[error("EGL on the software device")]
+    Egl(#[source] smithay::backend::egl::Error),
+    #[error("GLES renderer")]
+    Gles(#[source] smithay::backend::renderer::gles::GlesError),
     #[error("output {0} is not known to the headless backend")]
     UnknownOutput(String),
-    #[error("rendering failed: {0}")]
-    Render(String),
+    #[error("rendering failed")]
+    Render(#[source] RenderError),
+    #[error("linux-dmabuf")]
+    Import(#[from] crate::import::ImportError),
 }
 
 /// Buffers per output. Two are enough for a correct age without a compositor-side copy.
@@ -83,14 +92,14 @@ impl<R, T> Swapchains<R, T>
 where
     R: Renderer + ImportAll + ImportMem + ImportDma + ExportMem + Bind<T> + Offscreen<T>,
     R::TextureId: Clone + Texture + Send + 'static,
-    R::Error: std::fmt::Display,
+    R::Error: std::error::Error + Send + Sync + 'static,
 {
     fn add_output(&mut self, output: &Output) -> Result<(), HeadlessError> {
         let size = output.current_mode().map(|m| m.size).unwrap_or_default();
         let buffer_size = (size.w, size.h).into();
         let mut slots = Vec::with_capacity(SWAPCHAIN_LEN);
         for _ in 0..SWAPCHAIN_LEN {
-            let target = self.renderer.create_buffer(self.format, buffer_size).map_err(|e| HeadlessError::Render(e.to_string()))?;
+            let target = self.renderer.create_buffer(self.format, buffer_size).map_err(|e| HeadlessError::Render(Box::new(e)))?;
             slots.push(Slot { target, rendered_at: None });
         }
         self.outputs.push(OffscreenOutput {
@@ -110,11 +119,11 @@ where
         let slot = &mut out.slots[index];
         let age = slot.rendered_at.map_or(0, |at| (out.frame - at) as usize);
         let elements = output_elements(&mut self.renderer, core, output);
-        let mut framebuffer = self.renderer.bind(&mut slot.target).map_err(|e| HeadlessError::Render(e.to_string()))?;
+        let mut framebuffer = self.renderer.bind(&mut slot.target).map_err(|e| HeadlessError::Render(Box::new(e)))?;
         let result = out
             .damage
             .render_output(&mut self.renderer, &mut framebuffer, age, &elements, clear_color(core.shell.mode))
-            .map_err(|e| HeadlessError::Render(format!("{e:?}")))?;
+            .map_err(|e| HeadlessError::Render(Box::new(e)))?;
         let damaged = result.damage.is_some_and(|d| !d.is_empty());
         if let Err(err) = result.sync.wait() {
             tracing::warn!(?err, "render fence wait failed");
@@ -168,7 +177,7 @@ impl Headless {
     pub fn new(kind: RendererKind, display: &DisplayHandle, main_device: Option<u64>, quirks: Quirks) -> Result<Self, HeadlessError> {
         let renderer = match kind {
             RendererKind::Pixman => AnyRenderer::Pixman(Swapchains {
-                renderer: PixmanRenderer::new().map_err(|e| HeadlessError::Pixman(e.to_string()))?,
+                renderer: PixmanRenderer::new().map_err(HeadlessError::Pixman)?,
                 format: Fourcc::Argb8888,
                 outputs: Vec::new(),
             }),
@@ -184,8 +193,7 @@ impl Headless {
         let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu(name.into())));
         let formats: Vec<_> = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
         let implicit_modifier = super::implicit_modifier(&coherency);
-        let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device, implicit_modifier })
-            .map_err(|e| HeadlessError::Render(e.to_string()))?;
+        let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device, implicit_modifier })?;
         tracing::info!(renderer = ?kind, "headless backend ready");
         Ok(Self { renderer, import, coherency })
     }
@@ -255,13 +263,11 @@ impl Backend for Headless {
 }
 
 fn software_gles() -> Result<GlesRenderer, HeadlessError> {
-    let device = EGLDevice::enumerate()
-        .map_err(|e| HeadlessError::NoSoftwareDevice(e.to_string()))?
-        .find(EGLDevice::is_software)
-        .ok_or_else(|| HeadlessError::NoSoftwareDevice("no device lists the extension".into()))?;
+    let device =
+        EGLDevice::enumerate().map_err(HeadlessError::EglDevices)?.find(EGLDevice::is_software).ok_or(HeadlessError::NoSoftwareDevice)?;
     // SAFETY: the EGLDevice is valid for the lifetime of the display we create from it.
-    let display = unsafe { EGLDisplay::new(device) }.map_err(|e| HeadlessError::Gles(e.to_string()))?;
-    let context = EGLContext::new(&display).map_err(|e| HeadlessError::Gles(e.to_string()))?;
+    let display = unsafe { EGLDisplay::new(device) }.map_err(HeadlessError::Egl)?;
+    let context = EGLContext::new(&display).map_err(HeadlessError::Egl)?;
     // SAFETY: the context was just created and is not current on any other thread.
-    unsafe { GlesRenderer::new(context) }.map_err(|e| HeadlessError::Gles(e.to_string()))
+    unsafe { GlesRenderer::new(context) }.map_err(HeadlessError::Gles)
 }

@@ -16,29 +16,10 @@ pub trait Backend: Sized + 'static {
     /// the surface's dma-buf feedback here.
     fn surface_committed(&mut self, _surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) {}
 
-    /// The CpuCopy executor copied `bytes` of a surface shown on `outputs` (topmost first);
-    /// backends with per-output counters book them on the first.
-    fn surface_copied(&mut self, _outputs: &[smithay::output::Output], _bytes: u64) {}
-
-    /// Per-output counters, by output name (KMS outputs; headless has none to report).
-    fn output_counters(&self) -> Vec<(String, OutputCounters)> {
+    /// The DRM devices this backend drives, for the live statistics (none headless).
+    fn device_stats(&self) -> Vec<crate::stats::DeviceStats> {
         Vec::new()
     }
-}
-
-/// Counters per output, for "why isn't my video zero-copy?".
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct OutputCounters {
-    /// Frames queued to KMS.
-    pub frames: u64,
-    /// Client buffers scanned out directly on a plane, summed over frames.
-    pub zero_copy_elements: u64,
-    /// Surfaces drawn by the renderer (composited), summed over frames.
-    pub composited_elements: u64,
-    /// Bytes the CpuCopy executor copied out of client buffers shown here.
-    pub bytes_copied: u64,
-    /// Frames whose cursor was on the cursor plane rather than composited.
-    pub cursor_plane_frames: u64,
 }
 
 /// What the implicit modifier means on this machine, from the coherency facts: linear when
@@ -59,7 +40,7 @@ pub(crate) fn implicit_modifier(coherency: &crate::coherency::CoherencyState) ->
 /// waits for the write fences and would block the event loop. Such a buffer is imported when
 /// first drawn, after its commit waited for the fence (see [`crate::sync::acquire`]).
 pub(crate) fn wants_test_import(plan: &crate::coherency::BufferPlan, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
-    if !plan.render.1.path.reads_buffer() {
+    if !plan.render.path().reads_buffer() {
         return false;
     }
     let ready = !crate::sync::is_being_written(dmabuf);

@@ -120,10 +120,57 @@ impl ExporterFacts {
     }
 }
 
+/// A DRM device's identity: the dev_t of its primary node (`/dev/dri/cardN`), as sysfs `dev`
+/// and `stat()` give it and as smithay's `DrmNode::dev_id()` returns it. Decisions are keyed by
+/// this, never by a card name or a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub u64);
+
+impl DeviceId {
+    /// The device of a DRM node (primary or render: both belong to one device, but only the
+    /// primary node's dev_t is the identity; render nodes are mapped by the caller).
+    pub fn from_dev(dev: u64) -> Self {
+        Self(dev)
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", rustix::fs::major(self.0), rustix::fs::minor(self.0))
+    }
+}
+
+/// Who reads a buffer. The label a consumer is printed with is separate data
+/// ([`ConsumerFacts::name`]); nothing decides on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "device", rename_all = "kebab-case")]
+pub enum ConsumerId {
+    /// The renderer that composites (a CPU renderer or a GPU).
+    Render,
+    /// The display engine of one KMS device.
+    Scanout(DeviceId),
+    /// The CPU itself (the CPU copy's reads).
+    Cpu,
+}
+
+impl ConsumerId {
+    /// How this consumer reads.
+    pub fn access(self) -> Access {
+        match self {
+            ConsumerId::Render => Access::Sample,
+            ConsumerId::Scanout(_) => Access::Scanout,
+            ConsumerId::Cpu => Access::CpuRead,
+        }
+    }
+}
+
 /// One DRM device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceFacts {
-    /// `card0`, ...
+    /// Its identity (primary node dev_t).
+    pub id: DeviceId,
+    /// `card0`, ...: for people, never for decisions.
     pub name: String,
     pub driver: Fact<String>,
     pub bus: Fact<String>,
@@ -142,7 +189,7 @@ pub struct DeviceFacts {
 }
 
 /// How a consumer accesses the buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Access {
     /// The renderer samples it (composition).
@@ -153,12 +200,23 @@ pub enum Access {
     CpuRead,
 }
 
+impl fmt::Display for Access {
+    /// The names the plan counters use: `render`, `scanout`, `cpu`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Access::Sample => "render",
+            Access::Scanout => "scanout",
+            Access::CpuRead => "cpu",
+        })
+    }
+}
+
 /// One consumer of a buffer, as the plan sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConsumerFacts {
-    /// `render (pixman)`, `scanout card1 (vkms)`, `cpu`.
+    pub id: ConsumerId,
+    /// `render (pixman)`, `scanout card1 (vkms)`, `cpu`: a label for people.
     pub name: String,
-    pub access: Access,
     pub snoops: Fact<bool>,
     pub imports_foreign: Fact<bool>,
     /// Reads through a CPU mapping (a CPU renderer such as pixman), on every repaint that
@@ -172,8 +230,8 @@ pub struct ConsumerFacts {
 pub enum RendererFacts {
     /// A CPU renderer (pixman, or GLES on llvmpipe): it reads buffers through CPU mappings.
     Cpu { name: String },
-    /// A GPU, by card name.
-    Device { card: String },
+    /// A GPU: its identity, and its card name for people.
+    Device { id: DeviceId, card: String },
 }
 
 /// Everything known about the machine.
@@ -189,10 +247,10 @@ impl MachineFacts {
     /// The render consumer.
     pub fn render_consumer(&self) -> ConsumerFacts {
         match &self.renderer {
-            RendererFacts::Device { card } => match self.devices.iter().find(|d| &d.name == card) {
+            RendererFacts::Device { id, card } => match self.devices.iter().find(|d| d.id == *id) {
                 Some(d) => ConsumerFacts {
+                    id: ConsumerId::Render,
                     name: format!("render {} ({})", d.name, d.driver.value),
-                    access: Access::Sample,
                     snoops: d.render_snoops.clone(),
                     imports_foreign: d.imports_foreign.clone(),
                     through_cpu: false,
@@ -206,8 +264,8 @@ impl MachineFacts {
     fn cpu_renderer(name: &str) -> ConsumerFacts {
         let source = Source::Renderer { name: name.to_owned() };
         ConsumerFacts {
+            id: ConsumerId::Render,
             name: format!("render ({name})"),
-            access: Access::Sample,
             snoops: Fact::new(true, source.clone()),
             imports_foreign: Fact::new(true, source),
             through_cpu: true,
@@ -220,8 +278,8 @@ impl MachineFacts {
             .iter()
             .filter(|d| d.kms)
             .map(|d| ConsumerFacts {
+                id: ConsumerId::Scanout(d.id),
                 name: format!("scanout {} ({})", d.name, d.driver.value),
-                access: Access::Scanout,
                 snoops: d.scanout_snoops.clone(),
                 imports_foreign: d.imports_foreign.clone(),
                 through_cpu: false,
@@ -251,8 +309,8 @@ impl MachineFacts {
     pub fn cpu_consumer() -> ConsumerFacts {
         let source = Source::Default { rule: "the CPU is coherent with its own caches".into() };
         ConsumerFacts {
+            id: ConsumerId::Cpu,
             name: "cpu".into(),
-            access: Access::CpuRead,
             snoops: Fact::new(true, source.clone()),
             imports_foreign: Fact::new(true, source),
             through_cpu: true,

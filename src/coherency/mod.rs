@@ -11,21 +11,23 @@ pub mod probe;
 pub mod quirks;
 pub mod report;
 
-pub use facts::{Access, ConsumerFacts, DeviceFacts, ExporterFacts, Fact, MachineFacts, MemoryType, RendererFacts, Source};
+pub use facts::{
+    Access, ConsumerFacts, ConsumerId, DeviceFacts, DeviceId, ExporterFacts, Fact, MachineFacts, MemoryType, RendererFacts, Source,
+};
 pub use fdinfo::{DmabufFdInfo, FdInfoError};
-pub use plan::{plan, BufferPlan, Decision, Path};
+pub use plan::{plan, BufferPlan, ConsumerPlan, Decision, Path};
 pub use probe::{probe, ProbeOptions, RendererChoice};
 pub use quirks::{Layer, QuirkError, Quirks};
 
 /// Counts of decisions made at import, per consumer access and path.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PlanCounters {
     /// Buffers planned.
     pub buffers: u64,
     /// Buffers refused because no consumer could show them.
     pub rejected: u64,
     /// (access, path) → count.
-    pub decisions: std::collections::BTreeMap<String, u64>,
+    pub decisions: std::collections::BTreeMap<(Access, Path), u64>,
 }
 
 impl PlanCounters {
@@ -34,12 +36,14 @@ impl PlanCounters {
         if plan.rejection().is_some() {
             self.rejected += 1;
         }
-        let mut bump = |access: &str, path: Path| *self.decisions.entry(format!("{access}:{path}")).or_default() += 1;
-        bump("render", plan.render.1.path);
-        for (_, d) in &plan.scanout {
-            bump("scanout", d.path);
+        for c in plan.consumers() {
+            *self.decisions.entry((c.consumer.access(), c.path())).or_default() += 1;
         }
-        bump("cpu", plan.cpu.path);
+    }
+
+    /// How many decisions gave `path` to consumers with `access`.
+    pub fn count(&self, access: Access, path: Path) -> u64 {
+        self.decisions.get(&(access, path)).copied().unwrap_or(0)
     }
 }
 
@@ -63,7 +67,7 @@ impl PlanCache {
 
     /// How the renderer gets `dmabuf`'s pixels, when it has a plan.
     pub fn render_path(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<Path> {
-        self.get(dmabuf).map(|p| p.render.1.path)
+        self.get(dmabuf).map(|p| p.render.path())
     }
 
     /// Drops entries whose buffer is gone.
@@ -137,6 +141,8 @@ pub struct CoherencyState {
     pub machine: MachineFacts,
     pub plans: PlanCache,
     pub counters: PlanCounters,
+    /// Times [`CoherencyState::devices_changed`] probed again.
+    pub reprobes: u64,
     probe_options: ProbeOptions,
 }
 
@@ -144,7 +150,14 @@ impl CoherencyState {
     pub fn new(quirks: Quirks, probe_options: &ProbeOptions) -> Self {
         let machine = probe(probe_options, &quirks);
         Self::log_facts(&machine);
-        Self { quirks, machine, plans: PlanCache::default(), counters: PlanCounters::default(), probe_options: probe_options.clone() }
+        Self {
+            quirks,
+            machine,
+            plans: PlanCache::default(),
+            counters: PlanCounters::default(),
+            reprobes: 0,
+            probe_options: probe_options.clone(),
+        }
     }
 
     /// The devices changed (hotplug): probe the machine again and recompute the plan of every
@@ -153,6 +166,7 @@ impl CoherencyState {
         self.machine = probe(&self.probe_options, &self.quirks);
         Self::log_facts(&self.machine);
         self.plans.recompute(&self.machine);
+        self.reprobes += 1;
         tracing::info!(buffers = self.plans.len(), "plans recomputed after a device change");
     }
 
@@ -199,7 +213,8 @@ mod tests {
     }
 
     fn scanout_vkms(plan: &BufferPlan) -> Path {
-        plan.scanout.iter().find(|(c, _)| c.contains("vkms")).map(|(_, d)| d.path).unwrap_or(Path::Reject)
+        // card1 is vkms in the VM fixture (sysfs dev 226:1).
+        plan.scanout_path(DeviceId(rustix::fs::makedev(226, 1))).unwrap_or(Path::Reject)
     }
 
     #[test]

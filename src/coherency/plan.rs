@@ -24,12 +24,12 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::facts::{Access, ConsumerFacts, ExporterFacts, MachineFacts, MemoryType};
+use super::facts::{Access, ConsumerFacts, ConsumerId, DeviceId, ExporterFacts, MachineFacts, MemoryType};
 
 /// How one consumer gets the pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Path {
     Direct,
     DirectWithMaintenance,
@@ -74,7 +74,8 @@ fn decide(path: Path, reason: impl Into<String>) -> Decision {
 /// a scanout consumer can fall back to composition; it is ignored for other accesses.
 pub fn plan(exporter: &ExporterFacts, consumer: &ConsumerFacts, render: Option<&Decision>) -> Decision {
     let exp = &exporter.name.value;
-    if consumer.access == Access::CpuRead {
+    let access = consumer.id.access();
+    if access == Access::CpuRead {
         return if exporter.cpu_mappable.value {
             decide(Path::Direct, format!("{exp} buffers can be mapped; reads are bracketed by DMA_BUF_IOCTL_SYNC"))
         } else {
@@ -117,7 +118,7 @@ pub fn plan(exporter: &ExporterFacts, consumer: &ConsumerFacts, render: Option<&
         }
     };
     let why = why_not_direct;
-    if consumer.access == Access::Scanout {
+    if access == Access::Scanout {
         if let Some(r) = render.filter(|r| r.path.reads_buffer()) {
             return decide(Path::Composite, format!("{why}; the renderer reads it ({})", r.path));
         }
@@ -129,13 +130,33 @@ pub fn plan(exporter: &ExporterFacts, consumer: &ConsumerFacts, render: Option<&
     }
 }
 
+/// One consumer's decision, with the consumer's identity and its label for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsumerPlan {
+    pub consumer: ConsumerId,
+    /// `render (pixman)`, `scanout card1 (vkms)`: printed, never compared.
+    pub label: String,
+    pub decision: Decision,
+}
+
+impl ConsumerPlan {
+    fn new(consumer: &ConsumerFacts, decision: Decision) -> Self {
+        Self { consumer: consumer.id, label: consumer.name.clone(), decision }
+    }
+
+    pub fn path(&self) -> Path {
+        self.decision.path
+    }
+}
+
 /// The plan for every consumer of one buffer, computed once at import.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BufferPlan {
     pub exporter: String,
-    pub render: (String, Decision),
-    pub scanout: Vec<(String, Decision)>,
-    pub cpu: Decision,
+    pub render: ConsumerPlan,
+    /// One per KMS device.
+    pub scanout: Vec<ConsumerPlan>,
+    pub cpu: ConsumerPlan,
 }
 
 impl BufferPlan {
@@ -143,29 +164,37 @@ impl BufferPlan {
     pub fn compute(exporter: &ExporterFacts, machine: &MachineFacts) -> Self {
         let render_consumer = machine.render_consumer();
         let render = plan(exporter, &render_consumer, None);
-        let scanout = machine
-            .scanout_consumers()
-            .into_iter()
-            .map(|c| {
-                let d = plan(exporter, &c, Some(&render));
-                (c.name, d)
-            })
-            .collect();
-        let cpu = plan(exporter, &MachineFacts::cpu_consumer(), None);
-        Self { exporter: exporter.name.value.clone(), render: (render_consumer.name, render), scanout, cpu }
+        let scanout = machine.scanout_consumers().iter().map(|c| ConsumerPlan::new(c, plan(exporter, c, Some(&render)))).collect();
+        let cpu_consumer = MachineFacts::cpu_consumer();
+        let cpu = ConsumerPlan::new(&cpu_consumer, plan(exporter, &cpu_consumer, None));
+        Self { exporter: exporter.name.value.clone(), render: ConsumerPlan::new(&render_consumer, render), scanout, cpu }
     }
 
     /// `Some(reason)` when no consumer can show the buffer: it gets `failed` at import.
     pub fn rejection(&self) -> Option<String> {
-        let shown = self.render.1.path != Path::Reject || self.scanout.iter().any(|(_, d)| d.path != Path::Reject);
-        (!shown).then(|| format!("no consumer can show {} buffers: {}", self.exporter, self.render.1.reason))
+        let shown = self.render.path() != Path::Reject || self.scanout.iter().any(|c| c.path() != Path::Reject);
+        (!shown).then(|| format!("no consumer can show {} buffers: {}", self.exporter, self.render.decision.reason))
     }
 
-    /// Every (consumer, decision), render first.
+    /// Every consumer's plan, render first, then each display, then the CPU.
+    pub fn consumers(&self) -> impl Iterator<Item = &ConsumerPlan> {
+        std::iter::once(&self.render).chain(&self.scanout).chain(std::iter::once(&self.cpu))
+    }
+
+    /// Every (label, decision), render first: for printing.
     pub fn decisions(&self) -> impl Iterator<Item = (&str, &Decision)> {
-        std::iter::once((self.render.0.as_str(), &self.render.1))
-            .chain(self.scanout.iter().map(|(n, d)| (n.as_str(), d)))
-            .chain(std::iter::once(("cpu", &self.cpu)))
+        self.consumers().map(|c| (c.label.as_str(), &c.decision))
+    }
+
+    /// The decision for `consumer`, if it is one of this buffer's consumers.
+    pub fn decision(&self, consumer: ConsumerId) -> Option<&Decision> {
+        self.consumers().find(|c| c.consumer == consumer).map(|c| &c.decision)
+    }
+
+    /// How the display engine of `device` gets the pixels; `None` for a device the plan
+    /// doesn't know (not a display, or added after the plan was made).
+    pub fn scanout_path(&self, device: DeviceId) -> Option<Path> {
+        self.decision(ConsumerId::Scanout(device)).map(|d| d.path)
     }
 }
 

@@ -11,7 +11,7 @@ use smithay::reexports::drm;
 use smithay::reexports::drm::control::Device as _;
 use smithay::reexports::drm::Device as _;
 
-use super::facts::{DeviceFacts, Fact, MachineFacts, RendererFacts, Source};
+use super::facts::{DeviceFacts, DeviceId, Fact, MachineFacts, RendererFacts, Source};
 use super::quirks::Quirks;
 
 /// Which renderer the plan assumes.
@@ -144,6 +144,18 @@ pub fn udmabuf(size: usize) -> std::io::Result<OwnedFd> {
     Ok(unsafe { ioctl(&dev, CreateUdmabuf(create)) }?)
 }
 
+/// A card's identity: sysfs `dev` ("226:1"), as udev and `stat()` report it. Without that file
+/// (trees that lack it) the DRM major and the card's minor, which is what the kernel assigns.
+fn device_id(class: &Path, card: &str) -> DeviceId {
+    let from_sysfs = std::fs::read_to_string(class.join(card).join("dev")).ok().and_then(|text| {
+        let (major, minor) = text.trim().split_once(':')?;
+        Some(rustix::fs::makedev(major.parse().ok()?, minor.parse().ok()?))
+    });
+    const DRM_MAJOR: u32 = 226;
+    let minor = card.strip_prefix("card").and_then(|n| n.parse().ok()).unwrap_or(0);
+    DeviceId(from_sysfs.unwrap_or_else(|| rustix::fs::makedev(DRM_MAJOR, minor)))
+}
+
 /// Imports a udmabuf into the device: can it take dma-bufs from other exporters?
 fn prime_import_test(node: &Path) -> Option<Fact<bool>> {
     let file = OpenOptions::new().read(true).write(true).open(node).ok()?;
@@ -205,6 +217,7 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
             .implicit_linear(d)
             .unwrap_or_else(|| Fact::new(false, Source::Default { rule: format!("{d}'s implicit-modifier layout is unknown") }));
         devices.push(DeviceFacts {
+            id: device_id(&class, card),
             name: card.clone(),
             render_snoops: quirks.render_snoops(d).unwrap_or_else(|| default_snoops.clone()),
             scanout_snoops: quirks.scanout_snoops(d).unwrap_or(default_snoops),
@@ -223,7 +236,7 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
         RendererChoice::FirstRenderDevice => devices
             .iter()
             .find(|d| d.render_node.is_some() && d.renders.value)
-            .map(|d| RendererFacts::Device { card: d.name.clone() })
+            .map(|d| RendererFacts::Device { id: d.id, card: d.name.clone() })
             .unwrap_or(RendererFacts::Cpu { name: "pixman".into() }),
     };
     MachineFacts { device_tree, devices, renderer }

@@ -37,7 +37,7 @@ impl Report {
         let _ = writeln!(out, "platform: {platform}");
         let renderer = match &m.renderer {
             super::facts::RendererFacts::Cpu { name } => format!("{name} (CPU)"),
-            super::facts::RendererFacts::Device { card } => card.clone(),
+            super::facts::RendererFacts::Device { card, .. } => card.clone(),
         };
         let _ = writeln!(out, "renderer: {renderer}\n");
         for d in &m.devices {

@@ -44,21 +44,45 @@ where
         data_init: &mut DataInit<'_, D>,
     ) {
         let dmabuf = data_init.init(resource, ());
-        // Version 3 learns formats from events; version 4+ from feedback (the events are
-        // deprecated there and must not be sent).
-        if dmabuf.version() < 4 {
-            let formats = state.import_state().formats().to_vec();
-            let mut seen: Vec<Fourcc> = Vec::new();
-            for f in formats {
-                if !seen.contains(&f.code) {
-                    seen.push(f.code);
-                    dmabuf.format(f.code as u32);
-                }
-                let modifier = u64::from(f.modifier);
-                dmabuf.modifier(f.code as u32, (modifier >> 32) as u32, modifier as u32);
+        for event in bind_events(dmabuf.version(), state.import_state().formats()) {
+            match event {
+                BindEvent::Format(code) => dmabuf.format(code),
+                BindEvent::Modifier(code, modifier) => dmabuf.modifier(code, (modifier >> 32) as u32, modifier as u32),
             }
         }
     }
+}
+
+/// What the server says right after a bind, which depends on the version bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BindEvent {
+    Format(u32),
+    Modifier(u32, u64),
+}
+
+/// The bind's events for a client of `version`, exactly as the protocol has them:
+/// - v1 and v2: `format` for each format a client without modifiers can use (one with the
+///   linear or the implicit modifier); `modifier` doesn't exist before v3;
+/// - v3: `format` once per format and `modifier` for every pair;
+/// - v4 and later: nothing (the events are deprecated; formats come from feedback).
+pub(crate) fn bind_events(version: u32, formats: &[smithay::backend::allocator::Format]) -> Vec<BindEvent> {
+    use smithay::backend::allocator::Modifier;
+    let mut events = Vec::new();
+    if version >= 4 {
+        return events;
+    }
+    let mut seen: Vec<Fourcc> = Vec::new();
+    for f in formats {
+        let usable = version >= 3 || matches!(f.modifier, Modifier::Linear | Modifier::Invalid);
+        if usable && !seen.contains(&f.code) {
+            seen.push(f.code);
+            events.push(BindEvent::Format(f.code as u32));
+        }
+        if version >= 3 {
+            events.push(BindEvent::Modifier(f.code as u32, u64::from(f.modifier)));
+        }
+    }
+    events
 }
 
 impl<D> Dispatch<ZwpLinuxDmabufV1, (), D> for ImportState

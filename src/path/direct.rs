@@ -6,17 +6,22 @@
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::drm::DrmNode;
 
-use crate::coherency::{BufferPlan, Path};
+use crate::coherency::{BufferPlan, ConsumerId, DeviceId, Path};
 
-/// Marks `dmabuf` with the first device (by card name) whose scanout decision is `Direct`,
-/// or clears the mark. `devices` is (card name, node).
-pub fn mark_for_scanout(dmabuf: &Dmabuf, plan: &BufferPlan, devices: &[(String, DrmNode)]) -> Option<DrmNode> {
-    let node = plan.scanout.iter().find_map(|(consumer, decision)| {
-        if decision.path != Path::Direct {
-            return None;
-        }
-        devices.iter().find(|(card, _)| consumer.starts_with(&format!("scanout {card} "))).map(|(_, n)| *n)
-    });
+/// The first of `devices`, in the plan's order, whose display engine the plan lets read the
+/// buffer directly.
+pub fn scanout_device(plan: &BufferPlan, devices: &[DeviceId]) -> Option<DeviceId> {
+    plan.scanout
+        .iter()
+        .filter(|c| c.path() == Path::Direct)
+        .find_map(|c| devices.iter().find(|d| ConsumerId::Scanout(**d) == c.consumer).copied())
+}
+
+/// Marks `dmabuf` with the node of [`scanout_device`] among `devices`, or clears the mark.
+pub fn mark_for_scanout(dmabuf: &Dmabuf, plan: &BufferPlan, devices: &[DrmNode]) -> Option<DrmNode> {
+    let ids: Vec<DeviceId> = devices.iter().map(|n| DeviceId(n.dev_id())).collect();
+    let chosen = scanout_device(plan, &ids);
+    let node = devices.iter().find(|n| Some(DeviceId(n.dev_id())) == chosen).copied();
     dmabuf.set_node(node);
     tracing::debug!(node = ?node, "direct scanout allowed on");
     node

@@ -133,6 +133,8 @@ pub struct ClientState {
     pub table_size: u32,
     pub table: Vec<(u32, u64)>,
     pub tranche_formats: Vec<Vec<u16>>,
+    /// zwp_linux_dmabuf_v1 events in arrival order, readable.
+    pub transcript: Vec<String>,
 }
 
 pub struct Client {
@@ -217,9 +219,14 @@ impl Dispatch<wl_callback::WlCallback, ()> for ClientState {
 impl Dispatch<dmabuf_v1::ZwpLinuxDmabufV1, ()> for ClientState {
     fn event(state: &mut Self, _: &dmabuf_v1::ZwpLinuxDmabufV1, event: dmabuf_v1::Event, _: &(), _: &Connection, _: &QueueHandle<Self>) {
         match event {
-            dmabuf_v1::Event::Format { format } => state.formats.push(format),
+            dmabuf_v1::Event::Format { format } => {
+                state.transcript.push(format!("format {}", fourcc_name(format)));
+                state.formats.push(format);
+            }
             dmabuf_v1::Event::Modifier { format, modifier_hi, modifier_lo } => {
-                state.modifiers.push((format, (u64::from(modifier_hi) << 32) | u64::from(modifier_lo)))
+                let modifier = (u64::from(modifier_hi) << 32) | u64::from(modifier_lo);
+                state.transcript.push(format!("modifier {} {modifier:#x}", fourcc_name(format)));
+                state.modifiers.push((format, modifier))
             }
             _ => {}
         }
@@ -288,6 +295,11 @@ impl Dispatch<feedback_v1::ZwpLinuxDmabufFeedbackV1, ()> for ClientState {
         };
         state.feedback.push(line);
     }
+}
+
+/// "XR24" for DRM_FORMAT_XRGB8888.
+pub fn fourcc_name(code: u32) -> String {
+    code.to_le_bytes().iter().map(|b| if b.is_ascii_graphic() { *b as char } else { '?' }).collect()
 }
 
 fn read_table(fd: std::os::fd::OwnedFd, size: u32) -> Vec<(u32, u64)> {

@@ -76,6 +76,50 @@ fn implicit_modifier_is_refused_or_validated_as_linear() {
     assert_eq!(client.error().map(|e| e.code), Some(OUT_OF_BOUNDS));
 }
 
+/// Each version gets exactly the events it has: `format` only at v1 and v2 (for the formats a
+/// client without modifiers can use), `format` and `modifier` at v3, neither from v4 on
+/// (feedback instead). A v1 client (GStreamer 1.22's waylandsink) aborts on an event its
+/// version doesn't have.
+#[test]
+fn each_bind_version_gets_exactly_its_events() {
+    let mut server = Server::new(Some(0xe280));
+    let mut transcripts = Vec::new();
+    for version in 1..=5 {
+        let client = server.connect(version);
+        assert_eq!(client.dmabuf.as_ref().map(wayland_client::Proxy::version), Some(version), "bound version");
+        assert!(client.error().is_none(), "v{version}: {:?}", client.error());
+        let t = &client.state.transcript;
+        match version {
+            1 | 2 => {
+                assert!(client.state.modifiers.is_empty(), "v{version} has no modifier event: {t:?}");
+                // The x-tiled XRGB8888 pair is for modifier-aware clients only.
+                assert_eq!(client.state.formats, [XRGB8888, ARGB8888, NV12, YUV420], "v{version}");
+            }
+            3 => {
+                assert_eq!(client.state.formats, [XRGB8888, ARGB8888, NV12, YUV420]);
+                assert_eq!(client.state.modifiers.len(), harness::test_formats().len());
+            }
+            _ => assert!(t.is_empty(), "v{version}: formats come from feedback only: {t:?}"),
+        }
+        transcripts.push(format!("v{version}:\n{}", t.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")));
+    }
+    insta::assert_snapshot!(transcripts.join("\n"));
+}
+
+/// A v1 client can still create buffers (with `create`; `create_immed` is v2): a fd that isn't
+/// a dma-buf gets `failed`.
+#[test]
+fn a_v1_client_gets_failed_for_a_non_dmabuf() {
+    let mut server = Server::new(Some(0xe280));
+    let mut client = server.connect(1);
+    let (size, stride) = xrgb(16, 16);
+    let params = client.params(1);
+    add(&params, memfd(size).as_fd(), 0, 0, stride, LINEAR);
+    params.create(16, 16, XRGB8888, Flags::empty());
+    server.roundtrip(&mut client);
+    assert_eq!((client.error().map(|e| e.code), client.state.failed.clone()), (None, vec![1]));
+}
+
 #[test]
 fn already_used_after_create() {
     let code = error_from(|c, p| {

@@ -9,7 +9,7 @@ use cohere::ShellMode;
 use smithay::backend::allocator::Buffer;
 use smithay::reexports::drm::buffer::DrmFourcc;
 
-use crate::import_harness::{self as ih, add, Flags};
+use crate::import_tests::harness::{self as ih, add, Flags};
 use crate::tests::{Check, TestFn};
 
 pub fn all() -> Vec<(&'static str, TestFn)> {
@@ -17,7 +17,22 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         ("params_accept_1_2_3_plane_formats_added_in_permuted_order", params_accept_1_2_3_plane_formats_added_in_permuted_order),
         ("non_dmabuf_fds_get_failed_in_the_real_kernel", non_dmabuf_fds_get_failed_in_the_real_kernel),
         ("dmabufs_from_every_source_show_exact_pixels", dmabufs_from_every_source_show_exact_pixels),
+        ("random_params_sequences_with_real_dmabufs", random_params_sequences_with_real_dmabufs),
     ]
+}
+
+/// tests/import's random sequences, with udmabufs among the fds: now some buffers are valid
+/// and `created`, next to `failed` answers and every protocol error, from clients of every
+/// version; nothing that isn't a dma-buf is ever accepted.
+fn random_params_sequences_with_real_dmabufs() -> Result<(), String> {
+    use crate::import_tests::fuzz;
+    let cases = 1000;
+    let tally = fuzz::run_cases(cases, true)?;
+    fuzz::check_tally(&tally, cases)?;
+    if tally.created == 0 {
+        return Err(format!("no valid udmabuf buffer was created: {tally:?}"));
+    }
+    Ok(())
 }
 
 fn source(name: &str, size: usize) -> Result<(MappedDmabuf, Option<Card>), String> {
@@ -145,13 +160,14 @@ fn dmabufs_from_every_source_show_exact_pixels() -> Result<(), String> {
             fx.roundtrip(id);
             // A copied buffer's commit applies once the copy thread is done with it: draw
             // frames until this commit was presented.
-            for _ in 0..500 {
+            crate::cohere::wait_for(&format!("{what}: the commit to be presented"), || {
                 fx.frame();
-                if !fx.client(id).state.presentations.is_empty() {
-                    break;
+                if fx.client(id).state.presentations.is_empty() {
+                    Err("not presented yet".to_owned())
+                } else {
+                    Ok(())
                 }
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
+            })?;
             let shot = fx.screenshot();
             let mut wrong = 0;
             for i in 0..w * h {

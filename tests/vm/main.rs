@@ -8,11 +8,14 @@
 #[path = "../fixture/client.rs"]
 #[allow(dead_code)]
 mod client;
+mod client_mode;
+#[path = "../common/cohere.rs"]
+mod cohere;
 mod dmabuf;
 #[path = "../fixture/harness.rs"]
 mod harness;
-#[path = "../import/harness.rs"]
-mod import_harness;
+mod headless;
+mod import_tests;
 mod kms;
 mod tests;
 
@@ -22,8 +25,8 @@ use libtest_mimic::{Arguments, Trial};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(tests::CLIENT_MODE) {
-        return tests::udmabuf_client(&args[2..]);
+    if args.get(1).map(String::as_str) == Some(client_mode::CLIENT_MODE) {
+        return client_mode::udmabuf_client(&args[2..]);
     }
     if std::env::var_os("COHERE_IN_VM").is_none() {
         return run_in_vm(&args);
@@ -31,7 +34,7 @@ fn main() -> ExitCode {
     // Boot groups (see run_in_vm): 0 = everything without a KMS compositor, then the KMS tests,
     // which hold the display and run one after another, split so each boot stays short.
     let group = std::env::var("COHERE_VM_GROUP").ok().and_then(|g| g.parse::<usize>().ok());
-    let base = tests::all().into_iter().chain(dmabuf::all()).map(|t| (0, t));
+    let base = tests::all().into_iter().chain(dmabuf::all()).chain(headless::all()).map(|t| (0, t));
     let kms = kms::all().into_iter().map(|(boot, name, f)| (boot, (name, f)));
     let trials = base
         .chain(kms)
@@ -51,10 +54,9 @@ fn main() -> ExitCode {
 }
 
 /// Boots the VM and runs this same binary, with the same arguments, inside it. Without a test
-/// filter the tests go in several boots (group 0, then the KMS tests in the boots kms::all() assigns:
-/// each runs a KMS compositor that holds the display, so they can't overlap), keeping each
-/// boot under 10 s.
-/// With a filter, one boot runs whatever matches.
+/// filter the tests go in several boots: group 0, then the KMS tests in the boots kms::all()
+/// assigns (udevd, which hotplug and libinput need, runs only in the last). With a filter, one
+/// boot runs whatever matches.
 fn run_in_vm(args: &[String]) -> ExitCode {
     let Some((exe, rest)) = args.split_first() else { return ExitCode::FAILURE };
     let filtered = rest.iter().any(|a| !a.starts_with('-'));

@@ -28,12 +28,51 @@ use crate::State;
 
 type Compositor = DrmCompositor<DumbAllocator, PlanExporter, (), DrmDeviceFd>;
 
+/// An error of smithay's `DrmCompositor` (its type is generic over the allocator and exporter).
+pub type CompositorError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a DRM device can't be used or drawn.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("opening {path}: {reason}")]
-    Open { path: String, reason: String },
-    #[error("{0}")]
-    Drm(String),
+    #[error("opening {path} through the session")]
+    Session {
+        path: String,
+        #[source]
+        source: smithay::backend::session::libseat::Error,
+    },
+    #[error("{path} is not a DRM node")]
+    Node {
+        path: String,
+        #[source]
+        source: smithay::backend::drm::CreateDrmNodeError,
+    },
+    #[error("DRM on {path}")]
+    Drm {
+        path: String,
+        #[source]
+        source: smithay::backend::drm::DrmError,
+    },
+    #[error("{what} on {path}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("watching {path}'s events")]
+    EventLoop {
+        path: String,
+        #[source]
+        source: smithay::reexports::calloop::Error,
+    },
+    #[error("output {output}")]
+    Compositor {
+        output: String,
+        #[source]
+        source: CompositorError,
+    },
+    #[error("no DrmCompositor for this CRTC")]
+    UnknownCrtc,
 }
 
 struct Surface {
@@ -69,13 +108,14 @@ impl Device {
         core: &mut Core<Drm>,
         path: &Path,
     ) -> Result<Device, DeviceError> {
-        let open_err = |reason: String| DeviceError::Open { path: path.display().to_string(), reason };
-        let fd =
-            session.open(path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK).map_err(|e| open_err(e.to_string()))?;
+        let at = || path.display().to_string();
+        let fd = session
+            .open(path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK)
+            .map_err(|source| DeviceError::Session { path: at(), source })?;
         let fd = DrmDeviceFd::new(DeviceFd::from(fd));
-        let node = DrmNode::from_file(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| open_err(e.to_string()))?;
-        let (mut drm, notifier) = DrmDevice::new(fd.clone(), true).map_err(|e| open_err(e.to_string()))?;
-        let gbm = GbmDevice::new(fd.clone()).map_err(|e| open_err(format!("GBM: {e}")))?;
+        let node = DrmNode::from_file(std::os::fd::AsFd::as_fd(&fd)).map_err(|source| DeviceError::Node { path: at(), source })?;
+        let (mut drm, notifier) = DrmDevice::new(fd.clone(), true).map_err(|source| DeviceError::Drm { path: at(), source })?;
+        let gbm = GbmDevice::new(fd.clone()).map_err(|source| DeviceError::Io { what: "GBM", path: at(), source })?;
         let driver = drm.get_driver().map(|d| d.name().to_string_lossy().into_owned()).unwrap_or_default();
         let card = path.file_name().and_then(|n| n.to_str()).unwrap_or("card?").to_owned();
         let token = handle
@@ -83,7 +123,7 @@ impl Device {
                 DrmEvent::VBlank(crtc) => super::vblank(state, node, crtc),
                 DrmEvent::Error(err) => tracing::warn!(%err, "DRM device error"),
             })
-            .map_err(|e| DeviceError::Drm(e.to_string()))?;
+            .map_err(|e| DeviceError::EventLoop { path: at(), source: e.error })?;
 
         let mut surfaces = HashMap::new();
         // On failure part-way, take back the outputs already announced and the event source.
@@ -120,9 +160,13 @@ impl Device {
         renderer: &mut PixmanRenderer,
         elements: &[OutputElement<PixmanRenderer>],
         clear: [f32; 4],
-    ) -> Result<Rendered, String> {
-        let surface = self.surfaces.get_mut(&crtc).ok_or("unknown CRTC")?;
-        let result = surface.compositor.render_frame(renderer, elements, clear, FrameFlags::DEFAULT).map_err(|e| format!("{e:?}"))?;
+    ) -> Result<Rendered, DeviceError> {
+        let surface = self.surfaces.get_mut(&crtc).ok_or(DeviceError::UnknownCrtc)?;
+        let failed = |output: &Output, e: CompositorError| DeviceError::Compositor { output: output.name(), source: e };
+        let result = surface
+            .compositor
+            .render_frame(renderer, elements, clear, FrameFlags::DEFAULT)
+            .map_err(|e| failed(&surface.output, Box::new(e)))?;
         let states = result.states.clone();
         if result.is_empty {
             return Ok(Rendered::Empty { states });
@@ -138,7 +182,7 @@ impl Device {
         let cursor_plane = cursors
             .iter()
             .any(|id| states.states.get(id).is_some_and(|s| matches!(s.presentation_state, RenderElementPresentationState::ZeroCopy)));
-        surface.compositor.queue_frame(()).map_err(|e| format!("{e:?}"))?;
+        surface.compositor.queue_frame(()).map_err(|e| failed(&surface.output, Box::new(e)))?;
         Ok(Rendered::Queued { states, zero_copy, composited, cursor_plane })
     }
 
@@ -197,7 +241,7 @@ fn add_outputs(
     core: &mut Core<Drm>,
     surfaces: &mut HashMap<crtc::Handle, Surface>,
 ) -> Result<(), DeviceError> {
-    let res = drm.resource_handles().map_err(|e| DeviceError::Drm(e.to_string()))?;
+    let res = drm.resource_handles().map_err(|source| DeviceError::Io { what: "mode resources", path: card.to_owned(), source })?;
     let mut used = Vec::new();
     let renderer_formats: Vec<_> = renderer.dmabuf_formats().into_iter().collect();
     for conn in res.connectors() {
@@ -223,9 +267,9 @@ fn add_outputs(
         let output = core.add_output(&name, config, driver);
         let surface = match drm.create_surface(crtc, mode, &[*conn]) {
             Ok(surface) => surface,
-            Err(e) => {
+            Err(source) => {
                 core.remove_output(&output);
-                return Err(DeviceError::Drm(e.to_string()));
+                return Err(DeviceError::Drm { path: card.to_owned(), source });
             }
         };
         // Dumb buffers for the swapchain: LINEAR on every KMS device, and Pixman draws into
@@ -250,7 +294,7 @@ fn add_outputs(
             Ok(compositor) => compositor,
             Err(e) => {
                 core.remove_output(&output);
-                return Err(DeviceError::Drm(format!("{name}: {e:?}")));
+                return Err(DeviceError::Compositor { output: name, source: Box::new(e) });
             }
         };
         tracing::info!(card, driver, output = name, w, h, "KMS output");

@@ -22,7 +22,7 @@ use smithay::output::Output;
 use smithay::reexports::calloop::LoopHandle;
 use smithay::reexports::wayland_server::DisplayHandle;
 
-use crate::backend::{Backend, OutputCounters};
+use crate::backend::Backend;
 use crate::coherency::{CoherencyState, ProbeOptions, Quirks, RendererChoice};
 use crate::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
 use crate::State;
@@ -32,16 +32,16 @@ pub use device::{Device, DeviceError};
 /// Why the KMS backend can't run here.
 #[derive(Debug, thiserror::Error)]
 pub enum DrmBackendError {
-    #[error("no seat: {0}")]
-    Session(String),
-    #[error("udev: {0}")]
-    Udev(String),
+    #[error("no seat")]
+    Session(#[source] smithay::backend::session::libseat::Error),
+    #[error("udev")]
+    Udev(#[source] std::io::Error),
     #[error("no DRM device with a connected display")]
     NoDisplay,
-    #[error("pixman renderer: {0}")]
-    Renderer(String),
-    #[error("linux-dmabuf: {0}")]
-    Import(String),
+    #[error("pixman renderer")]
+    Renderer(#[source] smithay::backend::renderer::pixman::PixmanError),
+    #[error("linux-dmabuf")]
+    Import(#[from] crate::import::ImportError),
 }
 
 /// The KMS backend.
@@ -52,12 +52,11 @@ pub struct Drm {
     import: ImportState,
     pub coherency: CoherencyState,
     pub(crate) handle: LoopHandle<'static, State<Drm>>,
-    pub counters: HashMap<String, OutputCounters>,
     /// `--drm-device`: the only device node to drive.
     pub(crate) only_device: Option<std::path::PathBuf>,
     /// Outputs with a frame queued or a refresh timer pending: exactly one of the two drives
     /// each output, so frames (and frame callbacks) happen once per refresh.
-    busy: std::collections::HashSet<String>,
+    busy: std::collections::HashSet<Output>,
 }
 
 impl Drm {
@@ -68,23 +67,12 @@ impl Drm {
         main_device: Option<u64>,
         quirks: Quirks,
     ) -> Result<Self, DrmBackendError> {
-        let renderer = PixmanRenderer::new().map_err(|e| DrmBackendError::Renderer(e.to_string()))?;
+        let renderer = PixmanRenderer::new().map_err(DrmBackendError::Renderer)?;
         let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu("pixman".into())));
         let formats: Vec<_> = renderer.dmabuf_formats().into_iter().collect();
         let implicit_modifier = super::implicit_modifier(&coherency);
-        let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device, implicit_modifier })
-            .map_err(|e| DrmBackendError::Import(e.to_string()))?;
-        Ok(Self {
-            session,
-            renderer,
-            devices: HashMap::new(),
-            import,
-            coherency,
-            handle,
-            counters: HashMap::new(),
-            only_device: None,
-            busy: Default::default(),
-        })
+        let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device, implicit_modifier })?;
+        Ok(Self { session, renderer, devices: HashMap::new(), import, coherency, handle, only_device: None, busy: Default::default() })
     }
 
     pub fn import_state(&self) -> &ImportState {
@@ -132,16 +120,18 @@ impl Backend for Drm {
         self.import.update_surface_feedback(surface, feedback);
     }
 
-    fn surface_copied(&mut self, outputs: &[Output], bytes: u64) {
-        if let Some(output) = outputs.first() {
-            self.counters.entry(output.name()).or_default().bytes_copied += bytes;
-        }
-    }
-
-    fn output_counters(&self) -> Vec<(String, OutputCounters)> {
-        let mut v: Vec<_> = self.counters.iter().map(|(k, c)| (k.clone(), *c)).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+    fn device_stats(&self) -> Vec<crate::stats::DeviceStats> {
+        let mut devices: Vec<_> = self
+            .devices
+            .values()
+            .map(|d| crate::stats::DeviceStats {
+                card: d.card.clone(),
+                driver: d.driver.clone(),
+                outputs: d.outputs().map(|o| o.name()).collect(),
+            })
+            .collect();
+        devices.sort_by(|a, b| a.card.cmp(&b.card));
+        devices
     }
 
     fn schedule_redraw(&mut self) {
@@ -157,7 +147,7 @@ impl ImportHandler for State<Drm> {
 
     fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected> {
         let plan = self.backend.coherency.plan_import(dmabuf).map_err(ImportRejected)?.clone();
-        let nodes: Vec<(String, DrmNode)> = self.backend.devices.iter().map(|(n, d)| (d.card.clone(), *n)).collect();
+        let nodes: Vec<DrmNode> = self.backend.devices.keys().copied().collect();
         crate::path::direct::mark_for_scanout(dmabuf, &plan, &nodes);
         if !super::wants_test_import(&plan, dmabuf) {
             return Ok(());
@@ -188,12 +178,12 @@ pub(crate) enum Trigger {
 /// (frame callbacks, exit condition) unless a flip already did, and the next try is one
 /// refresh later.
 pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Trigger) {
-    if !state.backend.busy.insert(output.name()) {
+    if !state.backend.busy.insert(output.clone()) {
         // A queued frame or a pending tick will render this output soon.
         return;
     }
     let Some((node, crtc)) = state.backend.find_output(output) else {
-        state.backend.busy.remove(&output.name());
+        state.backend.busy.remove(output);
         return;
     };
     let elements = {
@@ -202,14 +192,14 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
     };
     let clear = crate::render::clear_color(state.core.shell.mode);
     let Some(device) = state.backend.devices.get_mut(&node) else {
-        state.backend.busy.remove(&output.name());
+        state.backend.busy.remove(output);
         return;
     };
     let outcome = device.render(crtc, &mut state.backend.renderer, &elements, clear);
     match outcome {
         Ok(device::Rendered::Queued { states, zero_copy, composited, cursor_plane }) => {
-            let c = state.backend.counters.entry(output.name()).or_default();
-            c.frames += 1;
+            let c = state.core.counters_of(output);
+            c.queued += 1;
             c.zero_copy_elements += zero_copy;
             c.composited_elements += composited;
             c.cursor_plane_frames += u64::from(cursor_plane);
@@ -224,17 +214,23 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
                 let now = state.core.clock.now();
                 finish(state, output, &states, now, refresh);
             }
-            let output = output.clone();
+            let tick = output.clone();
             let timer = smithay::reexports::calloop::timer::Timer::from_duration(refresh);
-            let _ = state.backend.handle.insert_source(timer, move |_, _, state| {
-                state.backend.busy.remove(&output.name());
-                render_output(state, &output, Trigger::Tick);
+            let inserted = state.backend.handle.insert_source(timer, move |_, _, state| {
+                state.backend.busy.remove(&tick);
+                render_output(state, &tick, Trigger::Tick);
                 smithay::reexports::calloop::timer::TimeoutAction::Drop
             });
+            if let Err(err) = inserted {
+                // Without its tick nothing would drive this output again: it stays free, and
+                // the next commit or flip renders it.
+                state.backend.busy.remove(output);
+                tracing::warn!(%err, output = output.name(), "no refresh timer for an idle output");
+            }
         }
         Err(err) => {
-            state.backend.busy.remove(&output.name());
-            tracing::warn!(%err, output = output.name(), "frame not rendered");
+            state.backend.busy.remove(output);
+            tracing::warn!(err = %crate::ErrorChain(&err), output = output.name(), "frame not rendered");
         }
     }
 }
@@ -265,7 +261,8 @@ pub(crate) fn vblank(state: &mut State<Drm>, node: DrmNode, crtc: smithay::reexp
     let Some(device) = state.backend.devices.get_mut(&node) else { return };
     let Some((output, states)) = device.frame_submitted(crtc) else { return };
     let now = state.core.clock.now();
+    state.core.counters_of(&output).flips += 1;
     finish(state, &output, &states, now, refresh_of(&output));
-    state.backend.busy.remove(&output.name());
+    state.backend.busy.remove(&output);
     render_output(state, &output, Trigger::Vblank);
 }

@@ -20,10 +20,10 @@ impl Compositor<Drm> {
         if options.screenshot.is_some() {
             return Err(StartError::Unsupported("--screenshot needs --headless for now".into()));
         }
-        let event_loop: EventLoop<'static, State<Drm>> = EventLoop::try_new().map_err(|e| StartError::EventLoop(e.to_string()))?;
-        let display: Display<State<Drm>> = Display::new().map_err(|e| StartError::Display(e.to_string()))?;
+        let event_loop: EventLoop<'static, State<Drm>> = EventLoop::try_new().map_err(StartError::EventLoop)?;
+        let display: Display<State<Drm>> = Display::new().map_err(StartError::Display)?;
         let dh = display.handle();
-        let (session, notifier) = LibSeatSession::new().map_err(|e| DrmBackendError::Session(e.to_string()))?;
+        let (session, notifier) = LibSeatSession::new().map_err(DrmBackendError::Session)?;
         let seat = session.seat();
         let quirks = options.coherency.load()?;
         let main_device = options.dmabuf_main_device.or_else(crate::compositor::first_render_node);
@@ -32,7 +32,7 @@ impl Compositor<Drm> {
         let mut state = State { backend, core };
         state.core.control.configure(None, options.exit_after_frames);
 
-        let udev = UdevBackend::new(&seat).map_err(|e| DrmBackendError::Udev(e.to_string()))?;
+        let udev = UdevBackend::new(&seat).map_err(DrmBackendError::Udev)?;
         let only = options.drm_device.as_ref().map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()));
         state.backend.only_device = only.clone();
         // Sorted, so the primary output (first added) doesn't depend on udev's order.
@@ -62,7 +62,7 @@ impl Compositor<Drm> {
                 // Consumers changed: every live buffer's plan is recomputed.
                 state.backend.coherency.devices_changed();
             })
-            .map_err(|e| StartError::EventLoop(e.to_string()))?;
+            .map_err(|e| StartError::EventLoop(e.error))?;
         handle
             .insert_source(notifier, |event, _, state| match event {
                 SessionEvent::PauseSession => {
@@ -80,7 +80,7 @@ impl Compositor<Drm> {
                     redraw_all(state);
                 }
             })
-            .map_err(|e| StartError::EventLoop(e.to_string()))?;
+            .map_err(|e| StartError::EventLoop(e.error))?;
         // Keyboard and pointer through libinput, on the same session.
         let mut libinput = Libinput::new_with_udev(LibinputSessionInterface::from(state.backend.session.clone()));
         if libinput.udev_assign_seat(&seat).is_err() {
@@ -88,8 +88,8 @@ impl Compositor<Drm> {
         }
         handle
             .insert_source(LibinputInputBackend::new(libinput), |event, _, state| state.process_input_event(event))
-            .map_err(|e| StartError::EventLoop(e.to_string()))?;
-        let mut compositor = Compositor::assemble(event_loop, display, state, &options.socket)?;
+            .map_err(|e| StartError::EventLoop(e.error))?;
+        let mut compositor = Compositor::assemble(event_loop, display, state, &options.socket, options.stats_file.clone())?;
         redraw_all(&mut compositor.state);
         Ok(compositor)
     }
@@ -121,7 +121,7 @@ fn add_device(state: &mut State<Drm>, path: &std::path::Path) {
                 render_output(state, &output, Trigger::Tick);
             }
         }
-        Err(err) => tracing::warn!(%err, "DRM device not used"),
+        Err(err) => tracing::warn!(err = %crate::ErrorChain(&err), "DRM device not used"),
     }
 }
 

@@ -4,11 +4,13 @@
 set -euo pipefail
 
 # Build dependencies of smithay's backends, the runtime for headless GLES (llvmpipe), the
-# third-party test clients, and what the VM tier needs to boot a kernel.
+# third-party test clients, and what the VM tier needs to boot a kernel (and GStreamer, the
+# camera client of its vivid tests).
 COHERE_BUILD_PKGS=(pkg-config build-essential libudev-dev libseat-dev libinput-dev libgbm-dev
   libxkbcommon-dev libpixman-1-dev libwayland-dev)
 COHERE_RUN_PKGS=(libegl1 libegl-mesa0 libgl1-mesa-dri weston wayland-utils)
-COHERE_VM_PKGS=(qemu-system-x86 busybox-static cpio kmod xz-utils udev)
+COHERE_VM_PKGS=(qemu-system-x86 busybox-static cpio kmod xz-utils udev
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 
 say() { printf '\033[1mcohere setup:\033[0m %s\n' "$*"; }
 

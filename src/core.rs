@@ -82,7 +82,7 @@ pub struct OutputCounters {
     pub cursor_plane_frames: u64,
 }
 
-/// How many frames each window has been part of; kept in the window's user data.
+/// How many frames a surface has been part of; kept in the surface's data.
 #[derive(Debug, Default)]
 pub(crate) struct FramesShown(pub(crate) std::sync::atomic::AtomicU64);
 

@@ -184,19 +184,16 @@ pub fn finish_frame<B: Backend>(
     let mut feedback = OutputPresentationFeedback::new(output);
     core.counters_of(output).frames += 1;
     for window in core.space.elements() {
-        // Part of this frame: its surface was on a plane or drawn (not skipped as hidden).
-        if let Some(toplevel) = window.toplevel() {
-            let id = smithay::backend::renderer::element::Id::from_wayland_resource(toplevel.wl_surface());
-            let shown = states.element_render_state(id).is_some_and(|s| {
+        window.with_surfaces(|surface, surface_states| {
+            update_surface_primary_scanout_output(surface, output, surface_states, states, |next, _, _, _| next);
+            // Part of this frame: on a plane or drawn (not skipped as hidden).
+            let shown = states.element_render_state(surface).is_some_and(|s| {
                 !matches!(s.presentation_state, smithay::backend::renderer::element::RenderElementPresentationState::Skipped)
             });
             if shown {
-                let counter = window.user_data().get_or_insert_threadsafe(crate::core::FramesShown::default);
+                let counter = surface_states.data_map.get_or_insert_threadsafe(crate::core::FramesShown::default);
                 counter.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-        }
-        window.with_surfaces(|surface, surface_states| {
-            update_surface_primary_scanout_output(surface, output, surface_states, states, |next, _, _, _| next);
         });
         if core.space.outputs_for_element(window).contains(output) {
             window.take_presentation_feedback(&mut feedback, surface_primary_scanout_output, |surface, _| {

@@ -18,6 +18,9 @@ use crate::backend::Backend;
 use crate::coherency::{Access, BufferPlan, ConsumerId, Path as PlanPath};
 use crate::core::OutputCounters;
 use crate::State;
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+use smithay::wayland::compositor::with_states;
+use std::sync::atomic::Ordering;
 
 /// How often the running compositor writes a snapshot.
 pub const INTERVAL: Duration = Duration::from_millis(100);
@@ -101,7 +104,18 @@ pub struct WindowStats {
     pub focused: bool,
     /// Position and size in the global space (logical pixels).
     pub geometry: (i32, i32, i32, i32),
-    /// Frames (on any output) that showed this window: on a plane or drawn.
+    /// Its main (toplevel) surface.
+    #[serde(flatten)]
+    pub surface: SurfaceStats,
+    /// Its subsurfaces (a video player's video, for example), in tree order.
+    #[serde(default)]
+    pub subsurfaces: Vec<SurfaceStats>,
+}
+
+/// One surface of a window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SurfaceStats {
+    /// Frames (on any output) that showed this surface: on a plane or drawn.
     pub frames_shown: u64,
     /// Its current buffer, when it has one: `shm`, or a dma-buf's exporter.
     pub buffer: Option<String>,
@@ -110,6 +124,13 @@ pub struct WindowStats {
     pub buffer_format: Option<String>,
     /// Its dma-buf's plan, when it has one.
     pub plan: Option<PlanStats>,
+}
+
+impl WindowStats {
+    /// The window's surfaces, main first.
+    pub fn surfaces(&self) -> impl Iterator<Item = &SurfaceStats> {
+        std::iter::once(&self.surface).chain(&self.subsurfaces)
+    }
 }
 
 /// (access, path) → count.
@@ -180,21 +201,8 @@ impl Stats {
             .map(|o| OutputStats { name: o.name(), counters: core.output_counters.get(o).copied().unwrap_or_default() })
             .collect();
         let plans = &coherency.plans;
-        let windows = core
-            .space
-            .elements()
-            .map(|w| {
-                let window = core.window_stats(w);
-                let dmabuf = w.toplevel().and_then(|t| crate::import::surface_dmabuf(t.wl_surface()));
-                let planned = dmabuf.as_ref().and_then(|d| plans.get(d));
-                let buffer = planned.map(|p| p.exporter.clone()).or(window.buffer.clone());
-                let buffer_format = dmabuf.as_ref().map(|d| {
-                    let format = smithay::backend::allocator::Buffer::format(d);
-                    format!("{} {:?}", format.code, format.modifier)
-                });
-                WindowStats { plan: planned.map(PlanStats::from), buffer, buffer_format, ..window }
-            })
-            .collect();
+        let focus = core.seat.get_keyboard().and_then(|k| k.current_focus());
+        let windows = core.space.elements().map(|w| window_stats(core, plans, w, focus.as_ref())).collect();
         Self {
             pid: std::process::id(),
             serial: 0,
@@ -275,8 +283,12 @@ impl Stats {
         out += "\nwindows:\n";
         for w in &self.windows {
             let focus = if w.focused { " (focused)" } else { "" };
-            let buffer = w.buffer.as_deref().unwrap_or("no buffer");
-            out += &format!("  {:?}{focus}: {buffer}, {} frames\n", w.title.as_deref().unwrap_or(""), w.frames_shown);
+            out += &format!("  {:?}{focus}:\n", w.title.as_deref().unwrap_or(""));
+            for s in w.surfaces() {
+                let buffer = s.buffer.as_deref().unwrap_or("no buffer");
+                let format = s.buffer_format.as_deref().map(|f| format!(" {f}")).unwrap_or_default();
+                out += &format!("    {buffer}{format}, shown in {} frames\n", s.frames_shown);
+            }
         }
         out += "\nlive buffers:\n";
         for b in &self.live_buffers {
@@ -285,6 +297,57 @@ impl Stats {
         }
         out
     }
+}
+
+fn window_stats<B: Backend>(
+    core: &crate::core::Core<B>,
+    plans: &crate::coherency::PlanCache,
+    window: &smithay::desktop::Window,
+    focus: Option<&WlSurface>,
+) -> WindowStats {
+    let geometry = core.space.element_geometry(window).unwrap_or_default();
+    let mut stats = WindowStats { geometry: (geometry.loc.x, geometry.loc.y, geometry.size.w, geometry.size.h), ..Default::default() };
+    let Some(toplevel) = window.toplevel() else { return stats };
+    let root = toplevel.wl_surface();
+    // The tree first, then each surface on its own: looking into a surface's state inside the
+    // tree walk would lock it twice.
+    let mut tree = Vec::new();
+    window.with_surfaces(|surface, _| tree.push(surface.clone()));
+    for surface in &tree {
+        let s = surface_stats(plans, surface);
+        if surface == root {
+            stats.surface = s;
+        } else {
+            stats.subsurfaces.push(s);
+        }
+    }
+    with_states(root, |states| {
+        if let Some(data) = states.data_map.get::<smithay::wayland::shell::xdg::XdgToplevelSurfaceData>() {
+            let data = data.lock().unwrap_or_else(|e| e.into_inner());
+            stats.title = data.title.clone();
+            stats.app_id = data.app_id.clone();
+        }
+    });
+    stats.focused = focus == Some(root);
+    stats
+}
+
+fn surface_stats(plans: &crate::coherency::PlanCache, surface: &WlSurface) -> SurfaceStats {
+    let frames_shown =
+        with_states(surface, |states| states.data_map.get::<crate::core::FramesShown>().map_or(0, |c| c.0.load(Ordering::Relaxed)));
+    let buffer = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| s.buffer().cloned()).flatten();
+    let dmabuf = buffer.as_ref().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned());
+    let planned = dmabuf.as_ref().and_then(|d| plans.get(d));
+    let kind = match (&dmabuf, planned) {
+        (Some(_), Some(plan)) => plan.exporter.clone(),
+        (Some(_), None) => "dma-buf".to_owned(),
+        (None, _) => "shm".to_owned(),
+    };
+    let buffer_format = dmabuf.as_ref().map(|d| {
+        let format = smithay::backend::allocator::Buffer::format(d);
+        format!("{} {:?}", format.code, format.modifier)
+    });
+    SurfaceStats { frames_shown, buffer: buffer.map(|_| kind), buffer_format, plan: planned.map(PlanStats::from) }
 }
 
 /// Writes a snapshot every [`INTERVAL`] and the last one at exit.

@@ -27,7 +27,7 @@ fn natural(name: &str) -> MachineFacts {
     machine(name, renderer)
 }
 
-const SOURCES: [&str; 4] = ["udmabuf", "system", "drm", "videobuf2_vmalloc"];
+const SOURCES: [&str; 5] = ["udmabuf", "system", "drm", "videobuf2_vmalloc", "videobuf2_dma_contig"];
 
 /// "exporter | consumer | path | reason" for every source on `machine`.
 fn table(name: &str) -> String {

@@ -49,7 +49,7 @@ impl Png {
         all.extend(["--screenshot", path_arg, "--after-frames", "0"]);
         let dir = runtime_dir();
         let mut cohere = Cohere::start(&all, app, &[("XDG_RUNTIME_DIR", dir.to_str().ok_or("dir")?), ("RUST_LOG", "warn")])?;
-        cohere.wait(&format!("window {title:?} shown"), |s| s.window(title).is_some_and(|w| w.frames_shown >= 1))?;
+        cohere.wait(&format!("window {title:?} shown"), |s| s.window(title).is_some_and(|w| w.surface.frames_shown >= 1))?;
         let (width, height, rgba) = cohere.screenshot(&path)?;
         let stopped = cohere.stop()?;
         let _ = std::fs::remove_file(&path);

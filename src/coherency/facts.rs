@@ -79,6 +79,10 @@ pub enum MemoryType {
     Uncached,
     /// Allocated by a GPU for the consumer the client picked from feedback.
     Device,
+    /// Coherent memory from the DMA API (`dma_alloc_attrs`) for the exporting device: mapped
+    /// uncached where DMA doesn't snoop the CPU caches, cached where it does. Resolved against
+    /// the machine by [`ExporterFacts::on`].
+    DmaCoherent,
 }
 
 impl fmt::Display for MemoryType {
@@ -88,6 +92,7 @@ impl fmt::Display for MemoryType {
             MemoryType::WriteCombined => "write-combined",
             MemoryType::Uncached => "uncached",
             MemoryType::Device => "device",
+            MemoryType::DmaCoherent => "dma-coherent",
         })
     }
 }
@@ -112,6 +117,22 @@ impl ExporterFacts {
             cpu_mappable: quirks.exporter_cpu_mappable(&name.value).unwrap_or_else(|| Fact::new(true, unknown())),
             name,
         }
+    }
+
+    /// The facts as they hold on `machine`: DMA-coherent memory is uncached on device-tree
+    /// platforms (DMA is noncoherent there unless a node says otherwise, and the exporting
+    /// device isn't known) and cached where DMA snoops the CPU caches.
+    pub fn on(&self, machine: &MachineFacts) -> ExporterFacts {
+        let mut facts = self.clone();
+        if self.memory.value == MemoryType::DmaCoherent {
+            let (memory, rule) = if machine.device_tree {
+                (MemoryType::Uncached, "DMA-coherent memory is mapped uncached on a device-tree platform")
+            } else {
+                (MemoryType::Cached, "DMA-coherent memory is cached where DMA snoops (x86)")
+            };
+            facts.memory = Fact::new(memory, Source::ArchDefault { rule: format!("{rule}; {}", self.memory.source) });
+        }
+        facts
     }
 
     /// Facts for a buffer from its fdinfo.

@@ -96,13 +96,15 @@ pub fn plan(exporter: &ExporterFacts, consumer: &ConsumerFacts, render: Option<&
             MemoryType::WriteCombined | MemoryType::Uncached => {
                 return decide(Path::Direct, format!("{exp} memory is {mem}: no CPU cache to flush"))
             }
-            MemoryType::Cached if consumer.snoops.value => {
+            // Unresolved DMA-coherent memory (see `ExporterFacts::on`) is read as cached, the
+            // conservative reading.
+            MemoryType::Cached | MemoryType::DmaCoherent if consumer.snoops.value => {
                 return decide(
                     Path::Direct,
                     format!("{exp} memory is cached ({}); {} is cache-coherent ({})", mem.source, consumer.name, consumer.snoops.source),
                 )
             }
-            MemoryType::Cached if exporter.syncs_attachments.value => {
+            MemoryType::Cached | MemoryType::DmaCoherent if exporter.syncs_attachments.value => {
                 return decide(
                     Path::DirectWithMaintenance,
                     format!(
@@ -111,7 +113,7 @@ pub fn plan(exporter: &ExporterFacts, consumer: &ConsumerFacts, render: Option<&
                     ),
                 )
             }
-            MemoryType::Cached => format!(
+            MemoryType::Cached | MemoryType::DmaCoherent => format!(
                 "{exp} memory is cached ({}); {} doesn't snoop ({}); {exp} can't sync attachments ({})",
                 mem.source, consumer.name, consumer.snoops.source, exporter.syncs_attachments.source
             ),
@@ -162,6 +164,7 @@ pub struct BufferPlan {
 impl BufferPlan {
     /// Plans a buffer from `exporter` against every consumer on `machine`.
     pub fn compute(exporter: &ExporterFacts, machine: &MachineFacts) -> Self {
+        let exporter = &exporter.on(machine);
         let render_consumer = machine.render_consumer();
         let render = plan(exporter, &render_consumer, None);
         let scanout = machine.scanout_consumers().iter().map(|c| ConsumerPlan::new(c, plan(exporter, c, Some(&render)))).collect();

@@ -179,37 +179,6 @@ impl<B: Backend> Core<B> {
         self.window_for_surface(&root).map(|w| self.space.outputs_for_element(&w)).unwrap_or_default()
     }
 
-    /// What the live statistics say about `window` (its plan is added by the caller, who has
-    /// the coherency state).
-    pub fn window_stats(&self, window: &Window) -> crate::stats::WindowStats {
-        let geometry = self.space.element_geometry(window).unwrap_or_default();
-        let frames_shown =
-            window.user_data().get::<crate::core::FramesShown>().map_or(0, |c| c.0.load(std::sync::atomic::Ordering::Relaxed));
-        let mut stats = crate::stats::WindowStats {
-            geometry: (geometry.loc.x, geometry.loc.y, geometry.size.w, geometry.size.h),
-            frames_shown,
-            ..Default::default()
-        };
-        let Some(toplevel) = window.toplevel() else { return stats };
-        let surface = toplevel.wl_surface();
-        smithay::wayland::compositor::with_states(surface, |states| {
-            if let Some(data) = states.data_map.get::<smithay::wayland::shell::xdg::XdgToplevelSurfaceData>() {
-                let data = data.lock().unwrap_or_else(|e| e.into_inner());
-                stats.title = data.title.clone();
-                stats.app_id = data.app_id.clone();
-            }
-        });
-        stats.focused = self.seat.get_keyboard().and_then(|k| k.current_focus()).is_some_and(|f| &f == surface);
-        stats.buffer = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| {
-            s.buffer().map(|b| match smithay::wayland::dmabuf::get_dmabuf(b) {
-                Ok(_) => "dma-buf".to_owned(),
-                Err(_) => "shm".to_owned(),
-            })
-        })
-        .flatten();
-        stats
-    }
-
     /// The server-side title bar of a desktop window, as (rectangle, focused) in global logical
     /// coordinates. Kiosk and fullscreen windows get none.
     pub fn titlebar(&self, window: &Window) -> Option<(Rectangle<i32, Logical>, bool)> {

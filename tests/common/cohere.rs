@@ -226,8 +226,9 @@ impl Drop for Cohere {
     }
 }
 
-/// Waits (with the deadline) for `child` to exit; returns its stdout and stderr.
-pub fn run_to_exit(mut child: Child, what: &str) -> Result<String, String> {
+/// Waits (with the deadline) for `child` to exit; returns its exit code and its stdout and
+/// stderr.
+pub fn run_to_exit(mut child: Child, what: &str) -> Result<(Option<i32>, String), String> {
     let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
             let mut text = String::new();
@@ -249,7 +250,10 @@ pub fn run_to_exit(mut child: Child, what: &str) -> Result<String, String> {
         let _ = child.wait();
     }
     let text = format!("{}{}", out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    exited.map(|_| text.clone()).map_err(|e| format!("{e}; it printed:\n{text}"))
+    match exited {
+        Ok(status) => Ok((status.code(), text)),
+        Err(e) => Err(format!("{e}; it printed:\n{text}")),
+    }
 }
 
 /// The parts of a snapshot a failure message needs.
@@ -264,7 +268,7 @@ pub fn summary(s: &Stats) -> String {
     }
     out += &format!("| devices {:?} | input {:?} | ", s.devices.iter().map(|d| (&d.card, &d.driver)).collect::<Vec<_>>(), s.input_devices);
     for w in &s.windows {
-        out += &format!("window {:?} focused {} shown {} buffer {:?}; ", w.title, w.focused, w.frames_shown, w.buffer);
+        out += &format!("window {:?} focused {} shown {} buffer {:?}; ", w.title, w.focused, w.surface.frames_shown, w.surface.buffer);
     }
     out += &format!(
         "copies {} bytes {} fence waits {} waiting {}",

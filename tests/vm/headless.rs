@@ -78,7 +78,7 @@ pub fn compare(rgba: &[u8], w: u32, expected: &[u32]) -> Result<(), String> {
 /// The plan of the client's window from the last statistics.
 fn window_plan(stopped: &Stopped, title: &str) -> Result<cohere::stats::PlanStats, String> {
     let window = stopped.stats.window(title).ok_or_else(|| format!("no window {title:?}: {}", crate::cohere::summary(&stopped.stats)))?;
-    window.plan.clone().ok_or_else(|| format!("window {title:?} has no plan: {window:?}"))
+    window.surface.plan.clone().ok_or_else(|| format!("window {title:?} has no plan: {window:?}"))
 }
 
 fn cohere_headless_shows_a_udmabuf_wl_buffer_exactly() -> Result<(), String> {

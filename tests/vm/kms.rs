@@ -57,7 +57,7 @@ fn start_with_client(args: &[&str], client: &[&str], env: &[(&str, &str)]) -> Re
     let mut cohere = Cohere::start(args, &app, &env)?;
     let title = client.get(2).copied().unwrap_or("udmabuf");
     let report = cohere.wait_client(&report_file, "the client's buffer presented", |r| r.presented >= 1)?;
-    cohere.wait(&format!("window {title:?} shown"), |s| s.window(title).is_some_and(|w| w.frames_shown >= 1))?;
+    cohere.wait(&format!("window {title:?} shown"), |s| s.window(title).is_some_and(|w| w.surface.frames_shown >= 1))?;
     Ok((cohere, report))
 }
 
@@ -81,7 +81,7 @@ fn output_counters(stopped: &Stopped, output: &str) -> Result<cohere::OutputCoun
 }
 
 fn window_plan(stats: &Stats, title: &str) -> Result<cohere::stats::PlanStats, String> {
-    stats.window(title).and_then(|w| w.plan.clone()).ok_or_else(|| format!("no plan for window {title:?}: {}", summary(stats)))
+    stats.window(title).and_then(|w| w.surface.plan.clone()).ok_or_else(|| format!("no plan for window {title:?}: {}", summary(stats)))
 }
 
 fn kms_vkms_udmabuf_goes_direct_to_a_plane() -> Result<(), String> {
@@ -261,7 +261,7 @@ fn kms_kiosk_weston_simple_shm_and_exit_status() -> Result<(), String> {
     let pidfile = scratch("simple-shm", "pid");
     let app = format!("weston-simple-shm & echo $! > {}; wait $!; exit 5", pidfile.display());
     let mut cohere = Cohere::start(&["--kiosk", "--drm-device", &vkms_node()?], &["sh", "-c", &app], &[])?;
-    cohere.wait("window \"simple-shm\" shown", |s| s.window("simple-shm").is_some_and(|w| w.frames_shown >= 1))?;
+    cohere.wait("window \"simple-shm\" shown", |s| s.window("simple-shm").is_some_and(|w| w.surface.frames_shown >= 1))?;
     let (w, h, pixels) =
         cohere.readback(VKMS_OUTPUT, || Card::open_driver("vkms").check("vkms")?.read_primary_plane().check("readback"))?;
     // weston-simple-shm stays 250x250: centred on black in kiosk mode.
@@ -296,7 +296,7 @@ fn kms_weston_simple_dmabuf_egl_on_vkms_is_copied_and_shown() -> Result<(), Stri
     let node = vkms_node()?;
     let mut cohere = Cohere::start(&["--kiosk", "--drm-device", &node], &["weston-simple-dmabuf-egl", "-d", &node], &[])?;
     let title = "simple-dmabuf-egl";
-    cohere.wait("weston-simple-dmabuf-egl's window shown", |s| s.window(title).is_some_and(|w| w.frames_shown >= 1))?;
+    cohere.wait("weston-simple-dmabuf-egl's window shown", |s| s.window(title).is_some_and(|w| w.surface.frames_shown >= 1))?;
     let mut frames = std::collections::HashSet::new();
     let mut readbacks = 0;
     wait_for("three distinct frames of the window", || {
@@ -326,7 +326,7 @@ fn kms_weston_simple_dmabuf_egl_on_vkms_is_copied_and_shown() -> Result<(), Stri
     let stopped = cohere.stop()?;
     ensure_eq!(stopped.status, Some(0), "exit status after SIGTERM");
     let window = stopped.stats.window(title).ok_or("window gone")?;
-    ensure_eq!(window.buffer_format.as_deref(), Some("XR24 Linear"), "its buffers (implicit modifier read as linear)");
+    ensure_eq!(window.surface.buffer_format.as_deref(), Some("XR24 Linear"), "its buffers (implicit modifier read as linear)");
     let plan = window_plan(&stopped.stats, title)?;
     ensure_eq!(plan.path(Access::Sample), Some(PlanPath::CpuCopy), "render path: {plan:?}");
     let c = output_counters(&stopped, VKMS_OUTPUT)?;
@@ -378,7 +378,7 @@ fn kms_hotplug_removes_and_adds_outputs() -> Result<(), String> {
             && s.coherency_devices.iter().any(|d| d.driver == "virtio_gpu" && Some(&d.card) == virtio(s).as_ref())
     })?;
     let client = cohere.client("wayland-info", &[], &[])?;
-    let text = run_to_exit(client, "wayland-info")?;
+    let (_, text) = run_to_exit(client, "wayland-info")?;
     let outputs = text.matches("interface: 'wl_output',").count();
     let stopped = cohere.stop()?;
     if outputs != 2 || !text.contains("width: 1280 px, height: 800 px") {
@@ -397,9 +397,9 @@ fn kms_libinput_click_focuses_the_window_under_the_pointer() -> Result<(), Strin
     let mut cohere = Cohere::start(&["--desktop", "--drm-device", &vkms_node()?], &[], &[])?;
     // a, then b, each mapped and focused as it comes: a at (32, 56), b at (64, 88), both 64x64.
     let _a = cohere.client(&me, &[CLIENT_MODE, "64", "64", "a", "desktop"], &[])?;
-    cohere.wait("window a shown and focused", |s| s.window("a").is_some_and(|w| w.frames_shown >= 1 && w.focused))?;
+    cohere.wait("window a shown and focused", |s| s.window("a").is_some_and(|w| w.surface.frames_shown >= 1 && w.focused))?;
     let _b = cohere.client(&me, &[CLIENT_MODE, "64", "64", "b", "desktop"], &[])?;
-    cohere.wait("window b shown and focused", |s| s.window("b").is_some_and(|w| w.frames_shown >= 1 && w.focused))?;
+    cohere.wait("window b shown and focused", |s| s.window("b").is_some_and(|w| w.surface.frames_shown >= 1 && w.focused))?;
     let mut tablet = cohere::testkit::uinput::Tablet::new(1024, 768).check("uinput tablet")?;
     cohere.wait("libinput to add the tablet", |s| s.input_devices.iter().any(|d| d == "cohere-tablet"))?;
     // (40, 60) is on a only.

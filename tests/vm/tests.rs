@@ -212,7 +212,7 @@ fn weston_simple_dmabuf_feedback_receives_cohere_feedback() -> Result<(), String
     // The client prints what it received, then aborts (no GBM on vgem with Mesa 22.3).
     let mut cohere = crate::cohere::Cohere::start(&["--headless", "--kiosk"], &[], &[("RUST_LOG", "warn")])?;
     let client = cohere.client("weston-simple-dmabuf-feedback", &[], &[])?;
-    let text = crate::cohere::run_to_exit(client, "weston-simple-dmabuf-feedback")?;
+    let (_, text) = crate::cohere::run_to_exit(client, "weston-simple-dmabuf-feedback")?;
     cohere.stop()?;
     let want = format!("compositor sent main_device event for dma-buf feedback - {main}");
     if !text.contains(&want) {

@@ -21,7 +21,9 @@ use smithay::wayland::viewporter::ViewportCachedState;
 
 use crate::backend::Backend;
 use crate::coherency::Path;
-use crate::path::cpu_copy::{self, CopyDone, CopyError, CopyJob, PendingDamage};
+use crate::path::cpu_copy::{self, CopyDone, CopyError, Done, Job, PendingDamage};
+use crate::path::maintenance::{MaintainDone, MaintainJob};
+use crate::path::release::{AttachKind, ReleasePath};
 use crate::sync::{Acquire, FenceBlocker, FenceFd};
 use crate::State;
 
@@ -85,9 +87,22 @@ fn pending(surface: &WlSurface) -> Option<Pending> {
     })
 }
 
+/// Whether the commit being applied to `surface` attached a buffer (call before smithay's
+/// buffer handler takes it).
+pub(crate) fn attached(surface: &WlSurface) -> bool {
+    with_states(surface, |states| {
+        matches!(states.cached_state.get::<SurfaceAttributes>().current().buffer, Some(BufferAssignment::NewBuffer(_)))
+    })
+}
+
 impl<B: Backend> State<B> {
     /// The pre-commit hook: decides what the commit waits for and starts the waits.
     pub(crate) fn pre_commit(&mut self, surface: &WlSurface) {
+        // A syncobj client's commit must have exactly the points the protocol asks for.
+        if let Err(error) = crate::sync::explicit::validate_commit(surface) {
+            crate::sync::explicit::post(error);
+            return;
+        }
         let Some(pending) = pending(surface) else { return };
         let Some(dmabuf) = pending.dmabuf else {
             cpu_copy::not_copied(surface);
@@ -97,36 +112,42 @@ impl<B: Backend> State<B> {
         if !copied {
             cpu_copy::not_copied(surface);
         }
-        let fence = crate::sync::acquire(&dmabuf);
-        if !copied && matches!(fence, Acquire::Ready) {
+        // A copy brackets its reads with SYNC, which is the maintenance too.
+        let maintained = !copied && self.maintained(&dmabuf);
+        // A syncobj client's acquire point replaces the buffer's implicit fence.
+        let fence = match crate::sync::explicit::pending_acquire(surface) {
+            Some(point) => crate::sync::acquire_point(&point),
+            None => crate::sync::acquire(&dmabuf),
+        };
+        if !copied && !maintained && matches!(fence, Acquire::Ready) {
             return;
         }
         let Some(client) = surface.client() else { return };
         let id = self.core.next_wait_id();
-        let job = if copied {
+        let (job, copy_seq) = if copied {
             match cpu_copy::plan(surface, &dmabuf, pending.damage, (pending.scale, pending.transform), id) {
-                Ok(planned) => Some((planned.job, planned.seq)),
+                Ok(planned) => (Some(Job::Copy(planned.job)), Some(planned.seq)),
                 Err(err) => {
                     tracing::warn!(%err, "no cpu copy; the surface is drawn the usual way");
                     cpu_copy::not_copied(surface);
-                    None
+                    (None, None)
                 }
             }
+        } else if maintained {
+            (Some(Job::Maintain(MaintainJob { id, dmabuf: dmabuf.clone() })), None)
         } else {
-            None
+            (None, None)
         };
         if job.is_none() && matches!(fence, Acquire::Ready) {
             return;
         }
         let blocker = FenceBlocker::default();
-        let copy_seq = job.as_ref().map(|(_, seq)| *seq);
         let wait = CommitWait { surface: surface.downgrade(), blocker: blocker.clone(), client, copy_seq, fence_source: None };
         self.core.commit_waits.insert(id, wait);
-        let job = job.map(|(job, _)| job);
         match fence {
             Acquire::Ready => {
                 if let Some(job) = job {
-                    self.submit_copy(job);
+                    self.submit(job);
                 }
             }
             Acquire::Wait(fd) => {
@@ -137,7 +158,7 @@ impl<B: Backend> State<B> {
                         wait.fence_source = None;
                     }
                     match job.take() {
-                        Some(job) => state.submit_copy(job),
+                        Some(job) => state.submit(job),
                         None => state.release_wait(id),
                     }
                     Ok(PostAction::Remove)
@@ -161,14 +182,38 @@ impl<B: Backend> State<B> {
         add_blocker(surface, blocker);
     }
 
-    fn submit_copy(&mut self, job: CopyJob) {
+    fn submit(&mut self, job: Job) {
         let rejected = match &self.core.copy_worker {
             Some(worker) => worker.submit(job).err(),
             None => Some(job),
         };
-        if let Some(job) = rejected {
-            self.copy_done(CopyDone { id: job.id, result: Err(CopyError::NoWorker) });
+        match rejected {
+            Some(Job::Copy(job)) => self.copy_done(CopyDone { id: job.id, result: Err(CopyError::NoWorker) }),
+            Some(Job::Maintain(job)) => self.maintained_done(MaintainDone { id: job.id, result: Err("the copy thread is gone".into()) }),
+            None => {}
         }
+    }
+
+    /// The copy thread finished a job.
+    pub(crate) fn job_done(&mut self, done: Done) {
+        match done {
+            Done::Copy(done) => self.copy_done(done),
+            Done::Maintained(done) => self.maintained_done(done),
+        }
+    }
+
+    /// A DirectWithMaintenance buffer's caches were written back: its commit may apply.
+    fn maintained_done(&mut self, done: MaintainDone) {
+        match done.result {
+            Ok(()) => {
+                self.core.counters.maintenances += 1;
+                tracing::trace!("cache maintenance done");
+            }
+            // The buffer still goes through; what the display shows may be stale, as without
+            // cohere. Say so.
+            Err(err) => tracing::warn!(%err, "cache maintenance before scanout failed"),
+        }
+        self.release_wait(done.id);
     }
 
     /// A copy came back from the copy thread: land it (and any later ones of the same surface
@@ -201,14 +246,48 @@ impl<B: Backend> State<B> {
     }
 
     /// The executors' part of an applied commit: a surface whose buffer is copied is drawn from
-    /// its shadow, any other the usual way.
-    pub(crate) fn committed(&mut self, surface: &WlSurface) {
-        let copied = crate::import::surface_dmabuf(surface).is_some_and(|d| self.copied(&d));
+    /// its shadow, any other the usual way; the buffer's release is tracked from now on.
+    /// `attached`: the applied commit attached a buffer (see [`attached`]).
+    pub(crate) fn committed(&mut self, surface: &WlSurface, attached: bool) {
+        let points = crate::sync::explicit::take_committed_points(surface);
+        let buffer = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| s.buffer().cloned()).flatten();
+        let dmabuf = buffer.as_ref().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned());
+        let copied = dmabuf.as_ref().is_some_and(|d| self.copied(d));
         cpu_copy::set_active(surface, copied);
+        match (&dmabuf, attached) {
+            (Some(d), true) => {
+                let kind = AttachKind { copied, scanout: self.scanout_path(d) };
+                self.core.releases.applied(surface, buffer.as_ref(), points.release, kind);
+            }
+            (Some(_), false) => {}
+            (None, _) => self.core.releases.not_current(&surface.id()),
+        }
     }
 
     /// The plan has the renderer read `dmabuf` through a CPU copy.
     fn copied(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
         self.backend.coherency().plans.render_path(dmabuf) == Some(Path::CpuCopy)
+    }
+
+    /// The plan puts `dmabuf` on a plane of a display this backend drives after cache
+    /// maintenance.
+    fn maintained(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
+        self.scanout_path(dmabuf) == Some(ReleasePath::DirectWithMaintenance)
+    }
+
+    /// How a display this backend drives may read `dmabuf` directly, if one may.
+    fn scanout_path(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<ReleasePath> {
+        let plan = self.backend.coherency().plans.get(dmabuf)?;
+        let devices = self.backend.scanout_devices();
+        let paths = devices.iter().filter_map(|d| plan.scanout_path(*d));
+        let mut best = None;
+        for path in paths {
+            match path {
+                Path::Direct => return Some(ReleasePath::Direct),
+                Path::DirectWithMaintenance => best = Some(ReleasePath::DirectWithMaintenance),
+                _ => {}
+            }
+        }
+        best
     }
 }

@@ -182,6 +182,7 @@ impl Compositor<Headless> {
             outputs.push((core.add_output(&format!("HEADLESS-{}", i + 1), *config, "headless"), *config));
         }
         let mut state = State { backend, core };
+        state.core.offer_explicit_sync(&state.backend.coherency.machine);
         for (output, _) in &outputs {
             state.backend.add_output(output)?;
         }

@@ -54,6 +54,8 @@ pub struct Counters {
     pub frames: u64,
     /// Frames in which the renderer drew any damage.
     pub frames_rendered: u64,
+    /// Commits of DirectWithMaintenance buffers whose caches were written back before scanout.
+    pub maintenances: u64,
     /// Commits whose damage the CpuCopy executor copied, and the bytes it copied.
     pub cpu_copies: u64,
     pub bytes_copied: u64,
@@ -129,7 +131,7 @@ fn spawn_copy_worker<B: Backend>(handle: &LoopHandle<'static, State<B>>) -> Opti
     let (tx, rx) = smithay::reexports::calloop::channel::channel();
     let watched = handle.insert_source(rx, |event, _, state: &mut State<B>| {
         if let smithay::reexports::calloop::channel::Event::Msg(done) = event {
-            state.copy_done(done);
+            state.job_done(done);
         }
     });
     if let Err(err) = watched {
@@ -182,6 +184,10 @@ pub struct Core<B: Backend> {
     pub(crate) connected_clients: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Live statistics, when they are written somewhere (see [`crate::stats`]).
     pub(crate) stats: Option<crate::stats::StatsWriter>,
+    /// When each client buffer stops being read, per path (see [`crate::path::release`]).
+    pub releases: crate::path::release::Releases,
+    /// linux-drm-syncobj-v1, where a device supports it.
+    pub syncobj: Option<crate::sync::explicit::SyncobjState>,
 }
 
 impl<B: Backend> Core<B> {
@@ -194,6 +200,7 @@ impl<B: Backend> Core<B> {
     /// Drops the waits of surfaces that are gone (their client disconnected or destroyed
     /// them): a fence's source and fd go with its wait, signalled or not.
     pub fn prune_commit_waits(&mut self) {
+        self.releases.prune();
         let handle = self.loop_handle.clone();
         self.commit_waits.retain(|_, wait| {
             let alive = wait.surface_alive();
@@ -250,6 +257,8 @@ impl<B: Backend> Core<B> {
             input_devices: Vec::new(),
             connected_clients: Default::default(),
             stats: None,
+            releases: Default::default(),
+            syncobj: None,
         }
     }
 
@@ -277,7 +286,27 @@ impl<B: Backend> Core<B> {
             let (_, _, global) = self.outputs.remove(i);
             self.display_handle.remove_global::<State<B>>(global);
             self.output_counters.remove(output);
+            self.releases.output_gone(output);
             tracing::info!(output = output.name(), "output removed");
+        }
+    }
+
+    /// Offers linux-drm-syncobj-v1 on the device the machine facts found for it (timeline
+    /// syncobjs and syncobj eventfd on its render node), and logs why it is or isn't offered.
+    pub(crate) fn offer_explicit_sync(&mut self, machine: &crate::coherency::MachineFacts) {
+        tracing::info!(verdict = %machine.explicit_sync_verdict(), "explicit sync (linux-drm-syncobj-v1)");
+        let Some(node) = machine.explicit_sync_device().and_then(|d| d.render_node.clone()) else { return };
+        let path = std::path::Path::new("/dev/dri").join(node);
+        let device = match crate::sync::syncobj::SyncobjDevice::open(&path) {
+            Ok(device) => device,
+            Err(err) => {
+                tracing::warn!(%err, path = %path.display(), "explicit sync not offered: can't open the device");
+                return;
+            }
+        };
+        match crate::sync::explicit::SyncobjState::new::<State<B>>(&self.display_handle, device) {
+            Ok(state) => self.syncobj = Some(state),
+            Err(err) => tracing::warn!(%err, "explicit sync not offered"),
         }
     }
 

@@ -170,6 +170,22 @@ fn fenced_since_commit(states: &SurfaceData) -> bool {
     fenced
 }
 
+/// The current attaches (see [`crate::path::release`]) of the surfaces `states` put on planes.
+pub(crate) fn scanned_out<B: Backend>(core: &Core<B>, states: &RenderElementStates) -> Vec<u64> {
+    let mut attaches = Vec::new();
+    for window in core.space.elements() {
+        window.with_surfaces(|surface, _| {
+            let zero_copy = states.element_render_state(surface).is_some_and(|s| {
+                matches!(s.presentation_state, smithay::backend::renderer::element::RenderElementPresentationState::ZeroCopy)
+            });
+            if let Some(id) = core.releases.current_of(surface).filter(|_| zero_copy) {
+                attaches.push(id);
+            }
+        });
+    }
+    attaches
+}
+
 /// Work that follows a presented frame: record which output each surface is mainly shown on,
 /// send frame callbacks (one per refresh, so clients are paced by the output) and deliver
 /// presentation feedback with the presentation time.

@@ -43,8 +43,9 @@ impl<B: Backend> CompositorHandler for State<B> {
     }
 
     fn commit(&mut self, surface: &WlSurface) {
+        let attached = crate::commit::attached(surface);
         on_commit_buffer_handler::<Self>(surface);
-        self.committed(surface);
+        self.committed(surface, attached);
         if !is_sync_subsurface(surface) {
             let mut root = surface.clone();
             while let Some(parent) = get_parent(&root) {
@@ -96,6 +97,14 @@ impl<B: Backend> SeatHandler for State<B> {
 }
 
 impl<B: Backend> OutputHandler for State<B> {}
+
+impl<B: Backend> crate::sync::explicit::SyncobjHandler for State<B> {
+    fn syncobj_state(&mut self) -> Option<&mut crate::sync::explicit::SyncobjState> {
+        self.core.syncobj.as_mut()
+    }
+}
+
+crate::delegate_syncobj!(@<B: Backend + 'static> State<B>);
 
 delegate_compositor!(@<B: Backend + 'static> State<B>);
 delegate_shm!(@<B: Backend + 'static> State<B>);

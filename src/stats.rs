@@ -68,6 +68,25 @@ pub struct Stats {
     pub coherency_devices: Vec<KnownDevice>,
     /// Times the machine was probed again and every live plan recomputed (hotplug).
     pub plans_recomputed: u64,
+    /// Commits of DirectWithMaintenance buffers whose caches were written back before scanout.
+    pub maintenances: u64,
+    /// Whether linux-drm-syncobj-v1 is offered, and why.
+    pub explicit_sync: String,
+    /// Timelines clients imported through it, and those whose syncobj handle still exists.
+    pub timelines_imported: u64,
+    pub timelines_alive: u64,
+    /// Buffers released, per path, with how long they were held.
+    pub releases: Vec<ReleaseStats>,
+    /// Buffers (applied commits) not released yet.
+    pub buffers_held: u64,
+}
+
+/// Releases on one path.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseStats {
+    pub path: crate::path::release::ReleasePath,
+    #[serde(flatten)]
+    pub counter: crate::path::release::ReleaseCounter,
 }
 
 /// A device as the coherency model knows it.
@@ -229,6 +248,15 @@ impl Stats {
                 .map(|d| KnownDevice { card: d.name.clone(), driver: d.driver.value.clone(), kms: d.kms })
                 .collect(),
             plans_recomputed: coherency.reprobes,
+            maintenances: core.counters.maintenances,
+            explicit_sync: match &core.syncobj {
+                Some(_) => coherency.machine.explicit_sync_verdict(),
+                None => format!("not offered ({})", coherency.machine.explicit_sync_verdict()),
+            },
+            timelines_imported: core.syncobj.as_ref().map_or(0, |s| s.timelines_imported),
+            timelines_alive: core.syncobj.as_ref().map_or(0, |s| s.device().timelines_alive()),
+            releases: core.releases.counters.iter().map(|(&path, &counter)| ReleaseStats { path, counter }).collect(),
+            buffers_held: core.releases.pending() as u64,
         }
     }
 
@@ -276,6 +304,21 @@ impl Stats {
             "\ncpu copies {} ({} bytes), commits held for fences {}, commits waiting now {}\n",
             self.cpu_copies, self.bytes_copied, self.commits_held_for_fences, self.commits_waiting
         );
+        out += &format!("explicit sync: {}, {} timelines imported\n", self.explicit_sync, self.timelines_imported);
+        out += &format!("cache maintenance before scanout: {} commits\n", self.maintenances);
+        out += &format!("buffers held now {}; released:\n", self.buffers_held);
+        for r in &self.releases {
+            let c = &r.counter;
+            let mean = c.held_total_us.checked_div(c.releases).unwrap_or(0);
+            out += &format!(
+                "  {:<22} {:>7} ({} by release point), held {:.1} ms on average, {:.1} ms at most\n",
+                format!("{:?}", r.path),
+                c.releases,
+                c.release_points,
+                mean as f64 / 1000.0,
+                c.held_max_us as f64 / 1000.0
+            );
+        }
         out += &format!("\nbuffers planned {}, rejected {}\n", self.buffers_planned, self.buffers_rejected);
         for d in &self.decisions {
             out += &format!("  {:<32} {}\n", format!("{}:{}", d.access, d.path), d.count);

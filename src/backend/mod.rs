@@ -16,6 +16,12 @@ pub trait Backend: Sized + 'static {
     /// the surface's dma-buf feedback here.
     fn surface_committed(&mut self, _surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) {}
 
+    /// The display devices this backend drives (none headless): a buffer's plan for them
+    /// decides whether it may go on their planes.
+    fn scanout_devices(&self) -> Vec<crate::coherency::DeviceId> {
+        Vec::new()
+    }
+
     /// The DRM devices this backend drives, for the live statistics (none headless).
     fn device_stats(&self) -> Vec<crate::stats::DeviceStats> {
         Vec::new()

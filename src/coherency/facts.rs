@@ -30,6 +30,8 @@ pub enum Source {
     PrimeImportTest { result: String },
     /// A property of the renderer cohere uses.
     Renderer { name: String },
+    /// A check of what the device does, with its result.
+    DeviceTest { what: String, result: String },
     /// A default with no better source.
     Default { rule: String },
 }
@@ -46,6 +48,7 @@ impl fmt::Display for Source {
             Source::Override { file, line } => write!(f, "override {file}:{line}"),
             Source::PrimeImportTest { result } => write!(f, "PRIME import test: {result}"),
             Source::Renderer { name } => write!(f, "renderer {name}"),
+            Source::DeviceTest { what, result } => write!(f, "{what}: {result}"),
             Source::Default { rule } => write!(f, "default: {rule}"),
         }
     }
@@ -207,6 +210,9 @@ pub struct DeviceFacts {
     /// Has connectors: a display (KMS) device.
     pub kms: bool,
     pub render_node: Option<String>,
+    /// Timeline syncobjs and syncobj eventfd work on its render node, so linux-drm-syncobj-v1
+    /// can import clients' timelines here. `None` when the node can't be opened (fixtures).
+    pub explicit_sync: Option<Fact<bool>>,
 }
 
 /// How a consumer accesses the buffer.
@@ -324,6 +330,30 @@ impl MachineFacts {
                     },
                 )
             }
+        }
+    }
+
+    /// The device linux-drm-syncobj-v1 imports timelines on: the first with a render node
+    /// where timeline syncobjs and syncobj eventfd work.
+    pub fn explicit_sync_device(&self) -> Option<&DeviceFacts> {
+        self.devices.iter().find(|d| d.render_node.is_some() && d.explicit_sync.as_ref().is_some_and(|f| f.value))
+    }
+
+    /// Whether cohere offers linux-drm-syncobj-v1, and why: for `cohere inspect` and the log.
+    pub fn explicit_sync_verdict(&self) -> String {
+        if let Some(d) = self.explicit_sync_device() {
+            let why = d.explicit_sync.as_ref().map(|f| f.source.to_string()).unwrap_or_default();
+            return format!("offered on {} ({}): {why}", d.name, d.driver.value);
+        }
+        let tried: Vec<String> = self
+            .devices
+            .iter()
+            .filter_map(|d| Some(format!("{} ({}): {}", d.name, d.driver.value, d.explicit_sync.as_ref()?.source)))
+            .collect();
+        if tried.is_empty() {
+            "not offered: no render node could be checked".into()
+        } else {
+            format!("not offered: {}", tried.join("; "))
         }
     }
 

@@ -171,6 +171,18 @@ fn prime_import_test(node: &Path) -> Option<Fact<bool>> {
     Some(Fact::new(ok, Source::PrimeImportTest { result }))
 }
 
+/// Can linux-drm-syncobj-v1 use this render node? (timeline syncobjs and syncobj eventfd)
+fn explicit_sync(node: &Path) -> Fact<bool> {
+    let what = format!("syncobj test on {}", node.display());
+    match crate::sync::syncobj::SyncobjDevice::open(node) {
+        Ok(device) => {
+            let support = device.support();
+            Fact::new(support == crate::sync::syncobj::SyncobjSupport::Supported, Source::DeviceTest { what, result: support.to_string() })
+        }
+        Err(e) => Fact::new(false, Source::DeviceTest { what, result: format!("can't open: {e}") }),
+    }
+}
+
 /// Probes every DRM card under `options.sysfs_root`.
 pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
     let root = &options.sysfs_root;
@@ -216,7 +228,12 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
         let implicit_linear = quirks
             .implicit_linear(d)
             .unwrap_or_else(|| Fact::new(false, Source::Default { rule: format!("{d}'s implicit-modifier layout is unknown") }));
+        let explicit_sync = match (&render_node, options.dev_dri.as_ref()) {
+            (Some(render), Some(dir)) => Some(explicit_sync(&dir.join(render))),
+            _ => None,
+        };
         devices.push(DeviceFacts {
+            explicit_sync,
             id: device_id(&class, card),
             name: card.clone(),
             render_snoops: quirks.render_snoops(d).unwrap_or_else(|| default_snoops.clone()),

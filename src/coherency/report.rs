@@ -54,8 +54,12 @@ impl Report {
             let _ = writeln!(out, "    imports foreign  {}", d.imports_foreign);
             let _ = writeln!(out, "    can render       {}", d.renders);
             let _ = writeln!(out, "    implicit linear  {}", d.implicit_linear);
+            if let Some(e) = &d.explicit_sync {
+                let _ = writeln!(out, "    explicit sync    {e}");
+            }
         }
         let _ = writeln!(out, "\nimplicit modifier read as linear: {}", m.implicit_modifier_linear());
+        let _ = writeln!(out, "explicit sync (linux-drm-syncobj-v1): {}", m.explicit_sync_verdict());
         let _ = writeln!(out, "\nexporters:");
         for e in &self.exporters {
             let _ = writeln!(

@@ -1,7 +1,7 @@
 //! Direct scanout: smithay's GBM framebuffer exporter accepts a client buffer for a plane only
 //! when the buffer's `node()` is the device's node. Setting that node here, and only for
-//! buffers whose plan says `Direct` for that device's scanout, is how the plan keeps every
-//! other buffer off the planes (it is then composited).
+//! buffers whose plan says `Direct` or `DirectWithMaintenance` for that device's scanout, is how
+//! the plan keeps every other buffer off the planes (it is then composited).
 
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::drm::DrmNode;
@@ -9,11 +9,12 @@ use smithay::backend::drm::DrmNode;
 use crate::coherency::{BufferPlan, ConsumerId, DeviceId, Path};
 
 /// The first of `devices`, in the plan's order, whose display engine the plan lets read the
-/// buffer directly.
+/// buffer directly: as it is, or after cache maintenance (which [`super::maintenance`] does
+/// before every new commit of such a buffer).
 pub fn scanout_device(plan: &BufferPlan, devices: &[DeviceId]) -> Option<DeviceId> {
     plan.scanout
         .iter()
-        .filter(|c| c.path() == Path::Direct)
+        .filter(|c| matches!(c.path(), Path::Direct | Path::DirectWithMaintenance))
         .find_map(|c| devices.iter().find(|d| ConsumerId::Scanout(**d) == c.consumer).copied())
 }
 

@@ -37,6 +37,22 @@ pub fn acquire(dmabuf: &Dmabuf) -> Acquire {
     Acquire::Ready
 }
 
+/// What a commit with the syncobj acquire point `point` has to wait for: an eventfd that the
+/// kernel signals with the point. A point that can't be examined is treated as signalled
+/// rather than stalling the surface forever, and said so.
+pub fn acquire_point(point: &super::syncobj::SyncPoint) -> Acquire {
+    match point.is_signalled() {
+        Ok(true) => Acquire::Ready,
+        _ => match point.eventfd() {
+            Ok(fd) => Acquire::Wait(fd),
+            Err(err) => {
+                tracing::warn!(%err, "cannot wait on an acquire point; the commit goes ahead");
+                Acquire::Ready
+            }
+        },
+    }
+}
+
 fn pending(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
     match export_sync_file(fd, DmabufAccess::Read) {
         Ok(fence) => (!fence.is_signaled().unwrap_or(true)).then(|| fence.into_fd()),

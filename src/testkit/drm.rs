@@ -51,6 +51,25 @@ impl Card {
         Err(KitError { what: format!("no DRM device with driver {driver} (found: {seen:?})"), source: std::io::ErrorKind::NotFound.into() })
     }
 
+    /// The render node (`/dev/dri/renderD*`) whose driver is `driver`: for syncobjs and GPU work
+    /// without touching the display.
+    pub fn render_node(driver: &str) -> Result<PathBuf, KitError> {
+        let entries = std::fs::read_dir("/dev/dri").context("listing /dev/dri")?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("renderD")))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let file = OpenOptions::new().read(true).write(true).open(&path).context(format!("opening {}", path.display()))?;
+            let node = RenderNode(file);
+            if node.get_driver().context("DRM_IOCTL_VERSION")?.name().to_string_lossy() == driver {
+                return Ok(path);
+            }
+        }
+        Err(KitError { what: format!("no render node with driver {driver}"), source: std::io::ErrorKind::NotFound.into() })
+    }
+
     /// Enables atomic modesetting and writeback connectors for this client.
     pub fn enable_atomic(&self) -> Result<(), KitError> {
         self.set_client_capability(drm::ClientCapability::UniversalPlanes, true).context("universal planes cap")?;
@@ -64,6 +83,14 @@ impl Card {
         PathBuf::from(format!("/sys/kernel/debug/dri/{}", self.minor))
     }
 }
+
+struct RenderNode(File);
+impl AsFd for RenderNode {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+impl drm::Device for RenderNode {}
 
 #[repr(C)]
 #[derive(Default)]

@@ -288,6 +288,12 @@ pub struct ClientReport {
     pub disconnected: bool,
     /// Its surface's dma-buf feedback, as transcript lines.
     pub feedback: Vec<String>,
+    /// Explicit sync: whether the first buffer's release point had signalled while the second
+    /// commit waited for its acquire point, and whether it signalled once the second applied.
+    pub release1_during_hold: Option<bool>,
+    pub release1_signalled: Option<bool>,
+    /// Frame callbacks received (COHERE_CLIENT_CALLBACKS).
+    pub callbacks: u64,
 }
 
 impl ClientReport {

@@ -7,13 +7,18 @@
 //!
 //! Arguments: `[W H [TITLE [desktop]]]`. With `desktop` the window keeps its own size.
 //! Environment:
+//! - `COHERE_CLIENT_SYNCOBJ=1`: explicit sync (linux-drm-syncobj-v1), timelines on virtio-gpu's
+//!   render node: one acquire timeline, one release timeline per buffer;
 //! - `COHERE_CLIENT_DAMAGE=x,y,w,h`: then a second buffer with [`alt_image`], of which only that
 //!   rectangle is declared damaged;
-//! - `COHERE_CLIENT_FENCE=MS`: the second buffer carries an unsignalled sw_sync write fence for
-//!   MS milliseconds after its commit (the client keeps talking to the compositor meanwhile);
-//!   `COHERE_CLIENT_FENCE=until:FILE`: until FILE exists (the test says when);
-//! - `COHERE_CLIENT_THEN=disconnect`: instead of signalling, close the connection and stay
-//!   alive (holding the timeline) until cohere terminates it.
+//! - `COHERE_CLIENT_FENCE=MS` or `until:FILE`: that second buffer's acquire fence (a sw_sync
+//!   write fence in the dma-buf, or the syncobj acquire point) stays unsignalled for MS
+//!   milliseconds, or until FILE exists; the client keeps talking to the compositor meanwhile;
+//! - `COHERE_CLIENT_THEN=disconnect`: instead of signalling, close the connection and stay alive
+//!   (holding the fence) until cohere terminates it;
+//! - `COHERE_CLIENT_FRAMES=K`: K more full frames, alternating the two images, each waiting for
+//!   its presentation;
+//! - `COHERE_CLIENT_CALLBACKS=1`: then commit on every frame callback forever, counting them.
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -21,11 +26,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use cohere::sync::syncobj::{SyncobjDevice, Timeline as SyncobjTimeline};
 use cohere::sync::{import_sync_file, DmabufAccess};
 use cohere::testkit::fence::Timeline;
-use cohere::testkit::{udmabuf, vgem_buffer, Card};
+use cohere::testkit::{udmabuf, vgem_buffer, Card, MappedDmabuf};
 use smithay::reexports::drm::buffer::DrmFourcc;
+use wayland_client::protocol::{wl_buffer::WlBuffer, wl_surface::WlSurface};
+use wayland_protocols::wp::linux_drm_syncobj::v1::client::{wp_linux_drm_syncobj_surface_v1, wp_linux_drm_syncobj_timeline_v1};
 
+use crate::client::TestClient;
 use crate::cohere::ClientReport;
 use crate::tests::{alt_image, test_image, Check};
 
@@ -64,13 +73,104 @@ impl Reporter {
     }
 }
 
+/// Explicit sync: the surface's syncobj object, the acquire timeline, and a release timeline
+/// per buffer (as the protocol recommends: out-of-order release on one timeline is unsafe).
+struct Explicit {
+    object: wp_linux_drm_syncobj_surface_v1::WpLinuxDrmSyncobjSurfaceV1,
+    acquire: (SyncobjTimeline, wp_linux_drm_syncobj_timeline_v1::WpLinuxDrmSyncobjTimelineV1),
+    next_acquire: u64,
+    releases: Vec<(SyncobjTimeline, wp_linux_drm_syncobj_timeline_v1::WpLinuxDrmSyncobjTimelineV1, u64)>,
+}
+
+impl Explicit {
+    fn new(client: &TestClient, surface: &WlSurface, buffers: usize) -> Result<Explicit, String> {
+        let node = Card::render_node("virtio_gpu").check("virtio-gpu render node")?;
+        let device = SyncobjDevice::open(&node).check("opening the render node")?;
+        let timeline = |device: &SyncobjDevice| -> Result<_, String> {
+            let t = device.create_timeline().check("creating a timeline")?;
+            let fd = t.export().check("exporting a timeline")?;
+            let object = client.import_timeline(fd.as_fd());
+            Ok((t, object))
+        };
+        let acquire = timeline(&device)?;
+        let releases = (0..buffers).map(|_| timeline(&device).map(|(t, o)| (t, o, 0))).collect::<Result<_, _>>()?;
+        Ok(Explicit { object: client.syncobj_surface(surface), acquire, next_acquire: 0, releases })
+    }
+
+    /// Sets the points of a commit of buffer `index`; returns its acquire point (unsignalled)
+    /// and its release point.
+    fn points(&mut self, index: usize) -> (cohere::sync::syncobj::SyncPoint, cohere::sync::syncobj::SyncPoint) {
+        self.next_acquire += 1;
+        let acquire = self.acquire.0.point(self.next_acquire);
+        let (release_timeline, release_object, last) = &mut self.releases[index];
+        *last += 1;
+        let release = release_timeline.point(*last);
+        let split = |v: u64| ((v >> 32) as u32, v as u32);
+        let (hi, lo) = split(acquire.value());
+        self.object.set_acquire_point(&self.acquire.1, hi, lo);
+        let (hi, lo) = split(release.value());
+        self.object.set_release_point(release_object, hi, lo);
+        (acquire, release)
+    }
+}
+
+/// The client's buffers and how it commits them.
+struct Client {
+    client: TestClient,
+    surface: WlSurface,
+    size: (i32, i32),
+    buffers: Vec<(MappedDmabuf, WlBuffer)>,
+    explicit: Option<Explicit>,
+    release_points: Vec<Option<cohere::sync::syncobj::SyncPoint>>,
+}
+
+impl Client {
+    /// Commits buffer `index` with `damage`, asking for presentation feedback `tag`. Returns the
+    /// acquire point to signal, for explicit sync (already signalled when `ready`).
+    fn commit(
+        &mut self,
+        index: usize,
+        damage: (i32, i32, i32, i32),
+        tag: u32,
+        ready: bool,
+    ) -> Result<Option<cohere::sync::syncobj::SyncPoint>, String> {
+        let acquire = match &mut self.explicit {
+            Some(explicit) => {
+                let (acquire, release) = explicit.points(index);
+                self.release_points[index] = Some(release);
+                if ready {
+                    acquire.signal().check("signalling the acquire point")?;
+                }
+                Some(acquire)
+            }
+            None => None,
+        };
+        self.surface.attach(Some(&self.buffers[index].1), 0, 0);
+        self.surface.damage_buffer(damage.0, damage.1, damage.2, damage.3);
+        self.client.presentation_feedback(&self.surface, tag);
+        self.surface.commit();
+        Ok(acquire)
+    }
+
+    fn wait_presented(&mut self, n: usize, what: &str) -> Result<(), String> {
+        while self.client.state.presentations.len() < n {
+            self.client.queue.blocking_dispatch(&mut self.client.state).check(what)?;
+        }
+        Ok(())
+    }
+
+    fn full(&self) -> (i32, i32, i32, i32) {
+        (0, 0, self.size.0, self.size.1)
+    }
+}
+
 fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
     let mut reporter = Reporter { path: std::env::var_os("COHERE_CLIENT_REPORT").map(PathBuf::from), report: ClientReport::default() };
     let dir = std::env::var("XDG_RUNTIME_DIR").check("XDG_RUNTIME_DIR")?;
     let name = std::env::var("WAYLAND_DISPLAY").check("WAYLAND_DISPLAY")?;
     let stream = UnixStream::connect(PathBuf::from(dir).join(name)).check("connect")?;
     let socket = stream.try_clone().check("socket clone")?;
-    let mut client = crate::client::TestClient::new(stream);
+    let mut client = TestClient::new(stream);
     client.blocking_roundtrip().check("registry")?;
     client.bind_globals();
     let window = client.create_window(title);
@@ -84,31 +184,31 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
         Ok("vgem") => Some(Card::open_driver("vgem").check("vgem")?),
         _ => None,
     };
-    let make = |pixels: Vec<u32>| -> Result<cohere::testkit::MappedDmabuf, String> {
+    let mut buffers = Vec::new();
+    for (i, pixels) in [test_image(w, h), alt_image(w, h)].into_iter().enumerate() {
         let bytes: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
         let buffer = match &vgem {
             Some(card) => vgem_buffer(card, w, h).check("vgem buffer")?,
             None => udmabuf(bytes.len()).check("udmabuf")?,
         };
         buffer.write(&bytes).check("fill")?;
-        Ok(buffer)
-    };
-    let buffer = make(test_image(w, h))?;
-    let fourcc = DrmFourcc::Xrgb8888 as u32;
-    let wl_buffer = client.dmabuf_buffer(buffer.as_fd(), (size.0, size.1, w * 4), fourcc, 0, 1);
-    window.surface.attach(Some(&wl_buffer), 0, 0);
-    window.surface.damage_buffer(0, 0, size.0, size.1);
-    client.presentation_feedback(&window.surface, 1);
-    window.surface.commit();
-    while client.state.presentations.is_empty() {
-        client.queue.blocking_dispatch(&mut client.state).check("waiting for presentation")?;
+        let wl_buffer = client.dmabuf_buffer(buffer.as_fd(), (size.0, size.1, w * 4), DrmFourcc::Xrgb8888 as u32, 0, i as u32 + 1);
+        buffers.push((buffer, wl_buffer));
     }
+    let explicit = match std::env::var("COHERE_CLIENT_SYNCOBJ").as_deref() {
+        Ok("1") => Some(Explicit::new(&client, &window.surface, buffers.len())?),
+        _ => None,
+    };
+    let mut c = Client { client, surface: window.surface.clone(), size, release_points: vec![None; buffers.len()], buffers, explicit };
+    let full = c.full();
+    c.commit(0, full, 1, true)?;
+    c.wait_presented(1, "waiting for presentation")?;
     // What the compositor now says about this surface (a scanout tranche when the buffer may go
     // on a plane).
-    if let Some(_feedback) = client.surface_feedback(&window.surface) {
-        client.blocking_roundtrip().check("surface feedback")?;
+    if let Some(_feedback) = c.client.surface_feedback(&c.surface) {
+        c.client.blocking_roundtrip().check("surface feedback")?;
     }
-    let feedback: Vec<String> = client.state.transcript.iter().filter(|l| l.starts_with("feedback: ")).cloned().collect();
+    let feedback: Vec<String> = c.client.state.transcript.iter().filter(|l| l.starts_with("feedback: ")).cloned().collect();
     reporter.update(|r| {
         r.presented = 1;
         r.feedback = feedback;
@@ -116,60 +216,97 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
 
     let damage: Option<Vec<i32>> =
         std::env::var("COHERE_CLIENT_DAMAGE").ok().map(|d| d.split(',').filter_map(|n| n.parse().ok()).collect());
-    let _second = match damage.as_deref() {
-        Some(&[x, y, dw, dh]) => {
-            let second = make(alt_image(w, h))?;
-            let hold = std::env::var("COHERE_CLIENT_FENCE").ok().map(|v| match v.strip_prefix("until:") {
-                Some(file) => Hold::Until(PathBuf::from(file)),
-                None => Hold::For(Duration::from_millis(v.parse().unwrap_or(0))),
-            });
-            let timeline = match hold {
-                Some(_) => {
-                    let timeline = Timeline::new().check("sw_sync timeline")?;
-                    let fence = timeline.fence_at(1).check("fence")?;
-                    import_sync_file(second.as_fd(), &fence, DmabufAccess::Write).check("IMPORT_SYNC_FILE")?;
-                    Some(timeline)
+    if let Some(&[x, y, dw, dh]) = damage.as_deref() {
+        second_buffer(&mut c, &mut reporter, (x, y, dw, dh), &socket)?;
+    }
+    if let Some(frames) = std::env::var("COHERE_CLIENT_FRAMES").ok().and_then(|v| v.parse::<usize>().ok()) {
+        for i in 0..frames {
+            let presented = c.client.state.presentations.len();
+            c.commit((i + 1) % 2, full, presented as u32 + 1, true)?;
+            c.wait_presented(presented + 1, "waiting for a frame's presentation")?;
+            reporter.update(|r| r.presented += 1)?;
+        }
+    }
+    if std::env::var("COHERE_CLIENT_CALLBACKS").as_deref() == Ok("1") {
+        // Commit on every frame callback, counting them, until the compositor goes.
+        loop {
+            let before = c.client.state.frame_done.len();
+            let _cb = c.client.frame(&c.surface, 1);
+            c.surface.damage_buffer(0, 0, 1, 1);
+            c.surface.commit();
+            while c.client.state.frame_done.len() == before {
+                if c.client.queue.blocking_dispatch(&mut c.client.state).is_err() {
+                    return Ok(());
                 }
-                None => None,
-            };
-            let wl_second = client.dmabuf_buffer(second.as_fd(), (size.0, size.1, w * 4), fourcc, 0, 1);
-            window.surface.attach(Some(&wl_second), 0, 0);
-            window.surface.damage_buffer(x, y, dw, dh);
-            client.presentation_feedback(&window.surface, 2);
-            window.surface.commit();
-            if let (Some(hold), Some(timeline)) = (hold, &timeline) {
-                // While the fence stays unsignalled the compositor must keep answering, and
-                // must not present the commit.
-                let start = Instant::now();
-                let mut answered = 0;
-                while !hold.over(start)? {
-                    client.blocking_roundtrip().check("roundtrip while fenced")?;
-                    answered += 1;
-                    if client.state.presentations.len() >= 2 {
-                        return Err("the fenced buffer was presented before its fence signalled".into());
-                    }
-                }
-                reporter.update(|r| r.held_roundtrips = answered)?;
-                if std::env::var("COHERE_CLIENT_THEN").as_deref() == Ok("disconnect") {
-                    socket.shutdown(std::net::Shutdown::Both).check("shutdown")?;
-                    reporter.update(|r| r.disconnected = true)?;
-                    // Keep the timeline (an unsignalled fence) until cohere ends this process.
-                    loop {
-                        std::thread::park();
-                    }
-                }
-                timeline.advance(1).check("signal")?;
             }
-            while client.state.presentations.len() < 2 {
-                client.queue.blocking_dispatch(&mut client.state).check("waiting for the damage's presentation")?;
-            }
-            reporter.update(|r| r.presented = 2)?;
-            Some((second, wl_second))
+            reporter.update(|r| r.callbacks += 1)?;
+        }
+    }
+    // Stay mapped until cohere ends the session (the connection closes).
+    while c.client.queue.blocking_dispatch(&mut c.client.state).is_ok() {}
+    Ok(())
+}
+
+/// The second buffer, with a damage rectangle, maybe an acquire fence held for a while.
+fn second_buffer(c: &mut Client, reporter: &mut Reporter, damage: (i32, i32, i32, i32), socket: &UnixStream) -> Result<(), String> {
+    let hold = std::env::var("COHERE_CLIENT_FENCE").ok().map(|v| match v.strip_prefix("until:") {
+        Some(file) => Hold::Until(PathBuf::from(file)),
+        None => Hold::For(Duration::from_millis(v.parse().unwrap_or(0))),
+    });
+    // Implicit sync: a sw_sync fence in the dma-buf. Explicit: the acquire point, not signalled.
+    let sw_sync = match (&hold, &c.explicit) {
+        (Some(_), None) => {
+            let timeline = Timeline::new().check("sw_sync timeline")?;
+            let fence = timeline.fence_at(1).check("fence")?;
+            import_sync_file(c.buffers[1].0.as_fd(), &fence, DmabufAccess::Write).check("IMPORT_SYNC_FILE")?;
+            Some(timeline)
         }
         _ => None,
     };
-    // Stay mapped until cohere ends the session (the connection closes).
-    while client.queue.blocking_dispatch(&mut client.state).is_ok() {}
+    let acquire = c.commit(1, damage, 2, hold.is_none())?;
+    if let Some(hold) = hold {
+        // While the fence stays unsignalled the compositor must keep answering, and must not
+        // present the commit.
+        let start = Instant::now();
+        let mut answered = 0;
+        while !hold.over(start)? {
+            c.client.blocking_roundtrip().check("roundtrip while fenced")?;
+            answered += 1;
+            if c.client.state.presentations.len() >= 2 {
+                return Err("the fenced buffer was presented before its fence signalled".into());
+            }
+        }
+        // Was the first buffer's release point signalled while the second waited? (A CPU copy
+        // releases at once; a composited buffer is read until it is replaced.)
+        let during = c.release_points[0].as_ref().map(|p| p.is_signalled().unwrap_or(false));
+        reporter.update(|r| {
+            r.held_roundtrips = answered;
+            r.release1_during_hold = during;
+        })?;
+        if std::env::var("COHERE_CLIENT_THEN").as_deref() == Ok("disconnect") {
+            socket.shutdown(std::net::Shutdown::Both).check("shutdown")?;
+            reporter.update(|r| r.disconnected = true)?;
+            // Keep the fence unsignalled until cohere ends this process.
+            loop {
+                std::thread::park();
+            }
+        }
+        match (&sw_sync, &acquire) {
+            (Some(timeline), _) => timeline.advance(1).check("signal")?,
+            (None, Some(point)) => point.signal().check("signalling the acquire point")?,
+            (None, None) => {}
+        }
+    }
+    c.wait_presented(2, "waiting for the damage's presentation")?;
+    reporter.update(|r| r.presented = 2)?;
+    // The first buffer was replaced: its release point must signal now (explicit sync).
+    if let Some(point) = c.release_points[0].clone() {
+        let fd = point.eventfd().check("release point eventfd")?;
+        let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+        let deadline = rustix::event::Timespec { tv_sec: crate::cohere::DEADLINE.as_secs() as i64, tv_nsec: 0 };
+        let signalled = rustix::event::poll(&mut fds, Some(&deadline)).check("waiting for the release point")? > 0;
+        reporter.update(|r| r.release1_signalled = Some(signalled))?;
+    }
     Ok(())
 }
 

@@ -20,7 +20,6 @@ use crate::tests::{ensure_eq, test_image, Check, TestFn};
 pub fn all() -> Vec<(usize, &'static str, TestFn)> {
     vec![
         (1, "kms_vkms_udmabuf_goes_direct_to_a_plane", kms_vkms_udmabuf_goes_direct_to_a_plane),
-        (1, "kms_override_composites_instead_with_exact_pixels", kms_override_composites_instead_with_exact_pixels),
         (1, "kms_desktop_window_goes_on_an_overlay_plane", kms_desktop_window_goes_on_an_overlay_plane),
         (1, "kms_virtio_gpu_composites_the_foreign_buffer", kms_virtio_gpu_composites_the_foreign_buffer),
         (1, "kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy", kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy),
@@ -34,19 +33,28 @@ pub fn all() -> Vec<(usize, &'static str, TestFn)> {
     ]
 }
 
-const VKMS_OUTPUT: &str = "Virtual-1";
+pub(crate) const VKMS_OUTPUT: &str = "Virtual-1";
 
-fn me() -> Result<String, String> {
+pub(crate) fn me() -> Result<String, String> {
     Ok(std::env::current_exe().check("current exe")?.display().to_string())
 }
 
-fn vkms_node() -> Result<String, String> {
+pub(crate) fn vkms_node() -> Result<String, String> {
     Ok(Card::open_driver("vkms").check("vkms")?.path.display().to_string())
 }
 
 /// cohere on KMS (`args`) with the test client as its app, once the client's first buffer was
 /// presented and its window was part of a frame. Returns cohere and the client's report.
-fn start_with_client(args: &[&str], client: &[&str], env: &[(&str, &str)]) -> Result<(Cohere, ClientReport), String> {
+pub(crate) fn start_with_client(args: &[&str], client: &[&str], env: &[(&str, &str)]) -> Result<(Cohere, ClientReport), String> {
+    start_with_client_report(args, client, env).map(|(c, r, _)| (c, r))
+}
+
+/// [`start_with_client`], also returning the client's report file.
+pub(crate) fn start_with_client_report(
+    args: &[&str],
+    client: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(Cohere, ClientReport, std::path::PathBuf), String> {
     let report_file = scratch("client", "json");
     let me = me()?;
     let mut app = vec![me.as_str(), CLIENT_MODE];
@@ -58,12 +66,12 @@ fn start_with_client(args: &[&str], client: &[&str], env: &[(&str, &str)]) -> Re
     let title = client.get(2).copied().unwrap_or("udmabuf");
     let report = cohere.wait_client(&report_file, "the client's buffer presented", |r| r.presented >= 1)?;
     cohere.wait(&format!("window {title:?} shown"), |s| s.window(title).is_some_and(|w| w.surface.frames_shown >= 1))?;
-    Ok((cohere, report))
+    Ok((cohere, report, report_file))
 }
 
 /// vkms's CRC of what it shows, while cohere shows its frames, must be the CRC of `expected`
 /// (1024x768 XRGB).
-fn check_vkms_crc(cohere: &mut Cohere, expected: &[u32], what: &str) -> Result<(), String> {
+pub(crate) fn check_vkms_crc(cohere: &mut Cohere, expected: &[u32], what: &str) -> Result<(), String> {
     let want = vkms_crc_xrgb8888(expected);
     let crcs = cohere.readback(VKMS_OUTPUT, || {
         let card = Card::open_driver("vkms").check("vkms")?;
@@ -76,11 +84,11 @@ fn check_vkms_crc(cohere: &mut Cohere, expected: &[u32], what: &str) -> Result<(
 }
 
 /// The counters of `output` in the last statistics.
-fn output_counters(stopped: &Stopped, output: &str) -> Result<cohere::OutputCounters, String> {
+pub(crate) fn output_counters(stopped: &Stopped, output: &str) -> Result<cohere::OutputCounters, String> {
     stopped.stats.output(output).copied().ok_or_else(|| format!("no output {output}: {}", summary(&stopped.stats)))
 }
 
-fn window_plan(stats: &Stats, title: &str) -> Result<cohere::stats::PlanStats, String> {
+pub(crate) fn window_plan(stats: &Stats, title: &str) -> Result<cohere::stats::PlanStats, String> {
     stats.window(title).and_then(|w| w.surface.plan.clone()).ok_or_else(|| format!("no plan for window {title:?}: {}", summary(stats)))
 }
 
@@ -100,28 +108,6 @@ fn kms_vkms_udmabuf_goes_direct_to_a_plane() -> Result<(), String> {
     // The surface's dma-buf feedback offers a scanout tranche for vkms, then the render one.
     if !report.feedback.iter().any(|l| l == "feedback: tranche_flags(Value(TrancheFlags(Scanout)))") {
         return Err(format!("no scanout tranche in the surface feedback: {:?}", report.feedback));
-    }
-    Ok(())
-}
-
-fn kms_override_composites_instead_with_exact_pixels() -> Result<(), String> {
-    let _display = crate::tests::vkms_display();
-    let config = scratch("override", "toml");
-    std::fs::write(&config, "[driver.vkms]\nscanout_snoops = false\n").check("config")?;
-    let node = vkms_node()?;
-    let config_arg = config.display().to_string();
-    let (mut cohere, report) = start_with_client(&["--kiosk", "--drm-device", &node, "--config", &config_arg], &["1024", "768"], &[])?;
-    check_vkms_crc(&mut cohere, &test_image(1024, 768), "the client's image")?;
-    let stopped = cohere.stop()?;
-    let plan = window_plan(&stopped.stats, "udmabuf")?;
-    ensure_eq!(plan.path_of("(vkms)"), Some(PlanPath::DirectWithMaintenance), "vkms scanout with the override: {plan:?}");
-    let c = output_counters(&stopped, VKMS_OUTPUT)?;
-    if c.zero_copy_elements != 0 || c.composited_elements == 0 || c.bytes_copied != 0 {
-        return Err(format!("expected composition only: {c:?}"));
-    }
-    // A buffer the plan keeps off the planes gets only the render tranche.
-    if report.feedback.is_empty() || report.feedback.iter().any(|l| l.contains("TrancheFlags(Scanout)")) {
-        return Err(format!("surface feedback should be render-only: {:?}", report.feedback));
     }
     Ok(())
 }

@@ -180,6 +180,11 @@ fn cohere_inspect_reports_the_real_devices() -> Result<(), String> {
     let text = Command::new(env!("CARGO_BIN_EXE_cohere")).arg("inspect").output().check("inspect text")?;
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     std::fs::write("/cohere-results/inspect.txt", &text).check("saving inspect output")?;
+    // linux-drm-syncobj-v1 goes on virtio-gpu, the one device here with timeline syncobjs.
+    let card = virtio["name"].as_str().unwrap_or_default().to_owned();
+    if !text.contains(&format!("explicit sync (linux-drm-syncobj-v1): offered on {card} (virtio_gpu): syncobj test on /dev/dri/renderD")) {
+        return Err(format!("inspect text doesn't offer explicit sync on {card}:\n{text}"));
+    }
     if !text.contains("udmabuf:") || !text.contains("PRIME import test") {
         return Err(format!("inspect text:\n{text}"));
     }

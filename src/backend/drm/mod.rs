@@ -120,6 +120,10 @@ impl Backend for Drm {
         self.import.update_surface_feedback(surface, feedback);
     }
 
+    fn scanout_devices(&self) -> Vec<crate::coherency::DeviceId> {
+        self.devices.keys().map(|n| crate::coherency::DeviceId(n.dev_id())).collect()
+    }
+
     fn device_stats(&self) -> Vec<crate::stats::DeviceStats> {
         let mut devices: Vec<_> = self
             .devices
@@ -203,6 +207,10 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
             c.zero_copy_elements += zero_copy;
             c.composited_elements += composited;
             c.cursor_plane_frames += u64::from(cursor_plane);
+            // The client buffers this frame scans out stay in use until a later frame replaced
+            // it on screen.
+            let on_planes = crate::render::scanned_out(&state.core, &states);
+            state.core.releases.frame_queued(output, on_planes);
             if let Some(dev) = state.backend.devices.get_mut(&node) {
                 dev.set_pending_states(crtc, states);
             }
@@ -262,6 +270,7 @@ pub(crate) fn vblank(state: &mut State<Drm>, node: DrmNode, crtc: smithay::reexp
     let Some((output, states)) = device.frame_submitted(crtc) else { return };
     let now = state.core.clock.now();
     state.core.counters_of(&output).flips += 1;
+    state.core.releases.frame_shown(&output);
     finish(state, &output, &states, now, refresh_of(&output));
     state.backend.busy.remove(&output);
     render_output(state, &output, Trigger::Vblank);

@@ -30,6 +30,7 @@ impl Compositor<Drm> {
         let backend = Drm::new(session, event_loop.handle(), &dh, main_device, quirks)?;
         let core = Core::new(dh, options.shell, event_loop.handle());
         let mut state = State { backend, core };
+        state.core.offer_explicit_sync(&state.backend.coherency.machine);
         state.core.control.configure(None, options.exit_after_frames);
 
         let udev = UdevBackend::new(&seat).map_err(DrmBackendError::Udev)?;

@@ -29,7 +29,7 @@ use smithay::utils::{Buffer as BufferCoords, Rectangle, Size, Transform};
 use smithay::wayland::compositor::with_states;
 
 pub use element::{element, CopiedSurfaceElement};
-pub use worker::{CopyDone, CopyJob, CopyWorker, Readout};
+pub use worker::{CopyDone, CopyJob, CopyWorker, Done, Job, Readout};
 
 /// Why a copy could not be made. The surface shows what its shadow held before (nothing, for a
 /// new shadow); a format that can't be copied isn't drawn from a shadow at all.

@@ -1,8 +1,10 @@
 //! The read side of the CPU copy, on its own thread: map the client's dma-buf, bracket the
 //! reads with `DMA_BUF_IOCTL_SYNC` (START|READ … END|READ), and gather the damaged rows into an
-//! owned buffer. Jobs arrive over a channel and go back over another; the worker shares no
-//! memory and takes no locks, so a slow (uncached, write-combined) read never holds up the
-//! event loop. One thread, first in first out.
+//! owned buffer. The same thread runs the cache maintenance of DirectWithMaintenance buffers
+//! ([`crate::path::maintenance`]), which is the same bracket without the reads. Jobs arrive over
+//! a channel and go back over another; the worker shares no memory and takes no locks, so a
+//! slow (uncached, write-combined) read never holds up the event loop. One thread, first in
+//! first out.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -38,21 +40,51 @@ pub struct CopyDone {
     pub result: Result<Readout, CopyError>,
 }
 
+/// Work for the thread.
+#[derive(Debug)]
+pub enum Job {
+    Copy(CopyJob),
+    Maintain(crate::path::maintenance::MaintainJob),
+}
+
+/// What the thread did.
+#[derive(Debug)]
+pub enum Done {
+    Copy(CopyDone),
+    Maintained(crate::path::maintenance::MaintainDone),
+}
+
+impl Job {
+    /// The commit wait the job belongs to.
+    pub fn id(&self) -> u64 {
+        match self {
+            Job::Copy(j) => j.id,
+            Job::Maintain(j) => j.id,
+        }
+    }
+}
+
 /// The copy thread. Dropping it closes the job channel and joins the thread.
 #[derive(Debug)]
 pub struct CopyWorker {
-    jobs: Option<mpsc::Sender<CopyJob>>,
+    jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl CopyWorker {
     /// Starts the thread; results go to `done` (a calloop channel the event loop watches).
-    pub fn spawn(done: channel::Sender<CopyDone>) -> std::io::Result<Self> {
-        let (jobs, rx) = mpsc::channel::<CopyJob>();
+    pub fn spawn(done: channel::Sender<Done>) -> std::io::Result<Self> {
+        let (jobs, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new().name("cohere-cpu-copy".into()).spawn(move || {
             for job in rx {
-                let result = read(&job.dmabuf, &job.rects, job.cpp).map(|data| Readout { rects: job.rects, data });
-                if done.send(CopyDone { id: job.id, result }).is_err() {
+                let result = match job {
+                    Job::Copy(job) => {
+                        let result = read(&job.dmabuf, &job.rects, job.cpp).map(|data| Readout { rects: job.rects, data });
+                        Done::Copy(CopyDone { id: job.id, result })
+                    }
+                    Job::Maintain(job) => Done::Maintained(crate::path::maintenance::run(job)),
+                };
+                if done.send(result).is_err() {
                     break;
                 }
             }
@@ -61,7 +93,7 @@ impl CopyWorker {
     }
 
     /// Queues `job`; gives it back if the thread is gone.
-    pub fn submit(&self, job: CopyJob) -> Result<(), CopyJob> {
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
         match &self.jobs {
             Some(tx) => tx.send(job).map_err(|e| e.0),
             None => Err(job),

@@ -34,13 +34,8 @@ impl Compositor {
         Compositor { cohere, socket, _dir: dir }
     }
 
-    /// The compositor's open descriptors, except its statistics file, which it opens for a
-    /// moment every 100 ms.
     fn fds(&self) -> usize {
-        let stats = self.cohere.stats_file.to_string_lossy().into_owned();
-        std::fs::read_dir(format!("/proc/{}/fd", self.cohere.pid()))
-            .map(|d| d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|l| !l.to_string_lossy().starts_with(&stats)).count())
-            .unwrap_or(0)
+        self.cohere.fds().unwrap_or(0)
     }
 
     /// Waits until every client is gone (the statistics say so) and then until the descriptor
@@ -48,14 +43,7 @@ impl Compositor {
     /// dispatch); the deadline's message says what was left over.
     fn settles_to(&mut self, baseline: usize) -> Result<(), String> {
         self.cohere.wait("every client gone", |s| s.clients == 0 && s.commits_waiting == 0)?;
-        cohere::wait_for(&format!("cohere's descriptors back to {baseline}"), || {
-            let now = self.fds();
-            if now == baseline {
-                Ok(())
-            } else {
-                Err(format!("{now}: {:?}", self.fd_links()))
-            }
-        })
+        self.cohere.fds_back_to(baseline).map_err(|e| format!("{e}: {:?}", self.fd_links()))
     }
 
     fn fd_links(&self) -> Vec<std::path::PathBuf> {

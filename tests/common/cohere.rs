@@ -200,6 +200,23 @@ impl Cohere {
         Ok(Stopped { status: status.code(), stats, log })
     }
 
+    /// cohere's open descriptors, except its statistics file (which it opens for a moment
+    /// every 100 ms).
+    pub fn fds(&self) -> Result<usize, String> {
+        let stats = self.stats_file.to_string_lossy().into_owned();
+        let dir = std::fs::read_dir(format!("/proc/{}/fd", self.pid())).check("/proc/pid/fd")?;
+        Ok(dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|l| !l.to_string_lossy().starts_with(&stats)).count())
+    }
+
+    /// Waits until cohere's descriptors are back to `baseline` (a closed client's socket goes
+    /// at its next dispatch).
+    pub fn fds_back_to(&self, baseline: usize) -> Result<(), String> {
+        wait_for(&format!("cohere's descriptors back to {baseline}"), || match self.fds()? {
+            n if n == baseline => Ok(()),
+            n => Err(format!("{n} open")),
+        })
+    }
+
     /// A client of this compositor (not its app): `program ARGS` with WAYLAND_DISPLAY set, its
     /// output piped (see [`run_to_exit`]).
     pub fn client(&mut self, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Child, String> {

@@ -132,20 +132,10 @@ fn video_shown(stats: &Stats, exporter: &str) -> bool {
     stats.windows.iter().flat_map(|w| w.surfaces()).any(|s| s.buffer.as_deref() == Some(exporter) && s.frames_shown >= 1)
 }
 
-/// cohere's open descriptors, except its statistics file (written every 100 ms).
-fn fds(cohere: &Cohere) -> Result<usize, String> {
-    let stats = cohere.stats_file.to_string_lossy().into_owned();
-    let dir = std::fs::read_dir(format!("/proc/{}/fd", cohere.pid())).check("/proc/pid/fd")?;
-    Ok(dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|l| !l.to_string_lossy().starts_with(&stats)).count())
-}
-
 /// Waits until GStreamer has gone and cohere's descriptors are back to `baseline`.
 fn settles_to(cohere: &mut Cohere, baseline: usize) -> Result<(), String> {
     cohere.wait("GStreamer gone", |s| s.clients == 0 && s.commits_waiting == 0)?;
-    wait_for(&format!("cohere's descriptors back to {baseline}"), || match fds(cohere)? {
-        n if n == baseline => Ok(()),
-        n => Err(format!("{n} open")),
-    })
+    cohere.fds_back_to(baseline)
 }
 
 /// GStreamer with `num-buffers` runs to its end and exits 0; what cohere held for it goes.
@@ -188,7 +178,7 @@ fn headless(allocator: Allocator) -> Result<(), String> {
     let mut cohere =
         Cohere::start(&["--headless", "--kiosk", "--size", &size, "--screenshot", &shot_arg, "--after-frames", "0"], &[], &[])?;
     cohere.wait("cohere to listen", |_| true)?;
-    let baseline = fds(&cohere)?;
+    let baseline = cohere.fds()?;
     let gst = cohere.client("gst-launch-1.0", &pipeline(&device, None).iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
     let gst_pid = gst.id();
     let stats = cohere.wait(&format!("the camera's {exporter} buffers shown"), |s| video_shown(s, exporter))?;
@@ -235,7 +225,7 @@ fn on_vkms(allocator: Allocator) -> Result<(), String> {
         }
         let mut cohere = Cohere::start(&args, &[], &[])?;
         cohere.wait("cohere to listen", |_| true)?;
-        let baseline = fds(&cohere)?;
+        let baseline = cohere.fds()?;
         let gst = cohere.client("gst-launch-1.0", &pipeline(&device, None).iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
         let gst_pid = gst.id();
         let stats = cohere.wait(&format!("{what}: the camera's buffers shown"), |s| video_shown(s, exporter))?;

@@ -14,7 +14,7 @@ use cohere::ShellMode;
 
 use crate::client::TestClient;
 use crate::client_mode::{CLIENT_MODE, CLIENT_SIZE};
-use crate::cohere::{scratch, summary, wait_for, Cohere};
+use crate::cohere::{scratch, summary, Cohere};
 use crate::harness::Fixture;
 use crate::headless::compare;
 use crate::tests::{alt_image, ensure_eq, test_image, Check, TestFn};
@@ -235,12 +235,7 @@ fn syncobj_handles_go_with_their_timelines() -> Result<(), String> {
 fn syncobj_1000_timelines_leave_cohere_flat() -> Result<(), String> {
     let mut cohere = Cohere::start(&["--headless", "--desktop"], &[], &[])?;
     cohere.wait("cohere to listen", |_| true)?;
-    let fds = |pid: u32, stats: &std::path::Path| -> Result<usize, String> {
-        let stats = stats.to_string_lossy().into_owned();
-        let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).check("/proc/pid/fd")?;
-        Ok(dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|l| !l.to_string_lossy().starts_with(&stats)).count())
-    };
-    let baseline = fds(cohere.pid(), &cohere.stats_file)?;
+    let baseline = cohere.fds()?;
     let dir = std::env::var("XDG_RUNTIME_DIR").check("XDG_RUNTIME_DIR")?;
     let stream = UnixStream::connect(std::path::Path::new(&dir).join(&cohere.socket)).check("connect")?;
     let mut client = TestClient::new(stream);
@@ -263,10 +258,7 @@ fn syncobj_1000_timelines_leave_cohere_flat() -> Result<(), String> {
     let stats = cohere.wait("1000 timelines imported and gone", |s| s.timelines_imported >= 1000 && s.timelines_alive == 0)?;
     drop(client);
     cohere.wait("the client gone", |s| s.clients == 0)?;
-    wait_for(&format!("cohere's descriptors back to {baseline}"), || match fds(cohere.pid(), &cohere.stats_file)? {
-        n if n == baseline => Ok(()),
-        n => Err(format!("{n} open; {}", summary(&stats))),
-    })?;
+    cohere.fds_back_to(baseline).map_err(|e| format!("{e}; {}", summary(&stats)))?;
     cohere.stop()?;
     Ok(())
 }
@@ -358,12 +350,7 @@ fn a_fence_that_never_signals_freezes_only_its_surface() -> Result<(), String> {
         };
         cohere.wait_client(&busy_report, "the busy client under way", |r| r.callbacks >= 30).map_err(what)?;
         let alone = rate(&mut cohere, 300).map_err(what)?;
-        let fds = |pid: u32, stats: &std::path::Path| -> Result<usize, String> {
-            let stats = stats.to_string_lossy().into_owned();
-            let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).check("/proc/pid/fd")?;
-            Ok(dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|l| !l.to_string_lossy().starts_with(&stats)).count())
-        };
-        let baseline = fds(cohere.pid(), &cohere.stats_file)?;
+        let baseline = cohere.fds()?;
         let frozen_report = scratch("frozen", "json");
         let frozen_arg = frozen_report.display().to_string();
         let never = format!("until:{}", scratch("never", "go").display());
@@ -389,11 +376,7 @@ fn a_fence_that_never_signals_freezes_only_its_surface() -> Result<(), String> {
         cohere
             .wait("the frozen client gone with its wait", |s| s.clients == 1 && s.commits_waiting == 0 && s.timelines_alive == 0)
             .map_err(what)?;
-        wait_for(&format!("cohere's descriptors back to {baseline}"), || match fds(cohere.pid(), &cohere.stats_file)? {
-            n if n == baseline => Ok(()),
-            n => Err(format!("{n} open")),
-        })
-        .map_err(what)?;
+        cohere.fds_back_to(baseline).map_err(what)?;
         let _ = busy.kill();
         let _ = busy.wait();
         cohere.stop()?;

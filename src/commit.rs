@@ -257,7 +257,7 @@ impl<B: Backend> State<B> {
         match (&dmabuf, attached) {
             (Some(d), true) => {
                 let kind = AttachKind { copied, scanout: self.scanout_path(d) };
-                self.core.releases.applied(surface, buffer.as_ref(), points.release, kind);
+                self.core.releases.applied(surface, buffer.as_ref(), dmabuf.clone(), points.release, kind);
             }
             (Some(_), false) => {}
             (None, _) => self.core.releases.not_current(&surface.id()),

@@ -17,7 +17,8 @@ use smithay::reexports::calloop::{EventLoop, Interest, Mode, PostAction};
 use smithay::reexports::wayland_server::{Client, Display};
 use smithay::wayland::socket::ListeningSocketSource;
 
-use crate::backend::headless::{Headless, HeadlessError, RendererKind};
+use crate::backend::headless::{Headless, HeadlessError};
+use crate::backend::renderer::RendererPreference;
 use crate::backend::Backend;
 use crate::core::{Core, OutputConfig};
 use crate::render::{finish_frame, Screenshot};
@@ -78,7 +79,8 @@ pub struct Options {
     pub shell: ShellMode,
     /// One entry per output; empty means one default output.
     pub outputs: Vec<OutputConfig>,
-    pub renderer: RendererKind,
+    /// auto, pixman or gles (see [`crate::backend::renderer`]).
+    pub renderer: RendererPreference,
     pub socket: SocketChoice,
     pub screenshot: Option<ScreenshotRequest>,
     pub exit_after_frames: Option<u64>,
@@ -112,6 +114,8 @@ pub enum Exit {
 pub enum StartError {
     #[error(transparent)]
     Headless(#[from] HeadlessError),
+    #[error(transparent)]
+    Renderer(#[from] crate::backend::renderer::NoGlesDevice),
     #[error(transparent)]
     Quirks(#[from] crate::coherency::QuirkError),
     #[error("could not create the Wayland display")]
@@ -174,7 +178,8 @@ impl Compositor<Headless> {
         let dh = display.handle();
         let main_device = options.dmabuf_main_device.or_else(first_render_node);
         let quirks = options.coherency.load()?;
-        let backend = Headless::new(options.renderer, &dh, main_device, quirks)?;
+        let decision = crate::backend::renderer::choose(options.renderer)?;
+        let backend = Headless::new(&decision, &dh, main_device, quirks)?;
         let mut core = Core::new(dh, options.shell, event_loop.handle());
         let configs = if options.outputs.is_empty() { vec![OutputConfig::default()] } else { options.outputs.clone() };
         let mut outputs = Vec::new();

@@ -49,7 +49,8 @@ pub mod reexports {
 }
 
 pub use backend::drm::Drm;
-pub use backend::headless::{Headless, RendererKind};
+pub use backend::headless::Headless;
+pub use backend::renderer::{RendererDecision, RendererKind, RendererPreference};
 pub use backend::Backend;
 pub use compositor::{Compositor, Exit, FramePacing, Options, ScreenshotRequest, SocketChoice, StartError};
 pub use core::{Core, Counters, OutputConfig, OutputCounters};

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cohere::coherency::{self, CoherencyOptions, ProbeOptions, RendererChoice};
-use cohere::{Backend, Compositor, Exit, Options, OutputConfig, RendererKind, ScreenshotRequest, ShellMode, SocketChoice};
+use cohere::{Backend, Compositor, Exit, Options, OutputConfig, RendererPreference, ScreenshotRequest, ShellMode, SocketChoice};
 
 #[derive(Debug, Parser)]
 #[command(name = "cohere", version, about = "Wayland compositor that shows client dma-bufs through the cheapest coherent path")]
@@ -53,8 +53,9 @@ struct InspectArgs {
     sysfs: Option<PathBuf>,
     #[command(flatten)]
     coherency: CoherencyArgs,
-    /// Which renderer the plan assumes: pixman (what cohere headless uses) or the first GPU.
-    #[arg(long, value_enum, default_value_t = InspectRenderer::Pixman)]
+    /// Which renderer the plan assumes: what cohere would choose (auto, pixman, gles, as the
+    /// compositor's --renderer), or, for --sysfs trees, the first GPU with a render node (gpu).
+    #[arg(long, value_enum, default_value_t = InspectRenderer::Auto)]
     renderer: InspectRenderer,
     /// JSON instead of text.
     #[arg(long)]
@@ -75,7 +76,9 @@ struct InspectArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum InspectRenderer {
+    Auto,
     Pixman,
+    Gles,
     Gpu,
 }
 
@@ -96,8 +99,8 @@ struct RunArgs {
     /// Output refresh rate in Hz.
     #[arg(long, default_value_t = 60.0, value_parser = parse_refresh)]
     refresh: f64,
-    /// Renderer for headless outputs.
-    #[arg(long, value_enum, default_value_t = RendererArg::Pixman)]
+    /// Renderer that composites (headless and KMS).
+    #[arg(long, value_enum, default_value_t = RendererArg::Auto)]
     renderer: RendererArg,
     /// Listen on this socket name under $XDG_RUNTIME_DIR instead of the first free wayland-N.
     #[arg(long, value_name = "NAME")]
@@ -132,7 +135,10 @@ struct RunArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RendererArg {
+    /// GLES on a hardware GPU that imports dma-bufs, else Pixman.
+    Auto,
     Pixman,
+    /// GLES, on the software EGL device (llvmpipe) if there is no hardware GPU.
     Gles,
 }
 
@@ -200,13 +206,24 @@ fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
         return inspect_live(&args);
     }
     let quirks = args.coherency.options().load()?;
-    let renderer = match args.renderer {
-        InspectRenderer::Pixman => RendererChoice::Cpu("pixman".into()),
-        InspectRenderer::Gpu => RendererChoice::FirstRenderDevice,
-    };
-    let probe = match args.sysfs {
-        Some(root) => ProbeOptions { sysfs_root: root, dev_dri: None, renderer },
-        None => ProbeOptions::live(renderer),
+    let probe = match (args.sysfs, args.renderer) {
+        // Fixture trees: no EGL to ask, so auto means pixman.
+        (Some(root), InspectRenderer::Gpu) => ProbeOptions::sysfs(root, RendererChoice::FirstRenderDevice),
+        (Some(root), _) => ProbeOptions::sysfs(root, RendererChoice::Cpu("pixman".into())),
+        (None, InspectRenderer::Gpu) => ProbeOptions::live(RendererChoice::FirstRenderDevice),
+        (None, choice) => {
+            let preference = match choice {
+                InspectRenderer::Pixman => RendererPreference::Pixman,
+                InspectRenderer::Gles => RendererPreference::Gles,
+                _ => RendererPreference::Auto,
+            };
+            let decision = cohere::backend::renderer::choose(preference)?;
+            let renderer = match &decision.device {
+                Some(device) => RendererChoice::Gles(cohere::backend::renderer::gles_facts(device)),
+                None => RendererChoice::Cpu("pixman".into()),
+            };
+            ProbeOptions { renderer_reason: Some(decision.reason), ..ProbeOptions::live(renderer) }
+        }
     };
     let machine = coherency::probe(&probe, &quirks);
     let report = coherency::report::Report::new(machine, &quirks);
@@ -309,8 +326,9 @@ fn options(cli: &RunArgs) -> anyhow::Result<Options> {
         shell: if cli.kiosk { ShellMode::Kiosk } else { ShellMode::Desktop },
         outputs,
         renderer: match cli.renderer {
-            RendererArg::Pixman => RendererKind::Pixman,
-            RendererArg::Gles => RendererKind::Gles,
+            RendererArg::Auto => RendererPreference::Auto,
+            RendererArg::Pixman => RendererPreference::Pixman,
+            RendererArg::Gles => RendererPreference::Gles,
         },
         socket: cli.socket.clone().map_or(SocketChoice::Auto, SocketChoice::Named),
         screenshot,

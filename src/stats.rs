@@ -70,6 +70,9 @@ pub struct Stats {
     pub plans_recomputed: u64,
     /// Commits of DirectWithMaintenance buffers whose caches were written back before scanout.
     pub maintenances: u64,
+    /// The renderer that composites, and why it was chosen.
+    pub renderer: String,
+    pub renderer_reason: String,
     /// Whether linux-drm-syncobj-v1 is offered, and why.
     pub explicit_sync: String,
     /// Timelines clients imported through it, and those whose syncobj handle still exists.
@@ -249,6 +252,8 @@ impl Stats {
                 .collect(),
             plans_recomputed: coherency.reprobes,
             maintenances: core.counters.maintenances,
+            renderer: coherency.machine.render_consumer().name,
+            renderer_reason: coherency.machine.renderer_reason.clone().unwrap_or_default(),
             explicit_sync: match &core.syncobj {
                 Some(_) => coherency.machine.explicit_sync_verdict(),
                 None => format!("not offered ({})", coherency.machine.explicit_sync_verdict()),
@@ -304,6 +309,7 @@ impl Stats {
             "\ncpu copies {} ({} bytes), commits held for fences {}, commits waiting now {}\n",
             self.cpu_copies, self.bytes_copied, self.commits_held_for_fences, self.commits_waiting
         );
+        out += &format!("renderer: {} ({})\n", self.renderer, self.renderer_reason);
         out += &format!("explicit sync: {}, {} timelines imported\n", self.explicit_sync, self.timelines_imported);
         out += &format!("cache maintenance before scanout: {} commits\n", self.maintenances);
         out += &format!("buffers held now {}; released:\n", self.buffers_held);

@@ -17,7 +17,7 @@ fn fixture(machine: &str) -> PathBuf {
 
 fn machine(name: &str, renderer: RendererChoice) -> MachineFacts {
     let quirks = Quirks::builtin().expect("database");
-    probe(&ProbeOptions { sysfs_root: fixture(name), dev_dri: None, renderer }, &quirks)
+    probe(&ProbeOptions::sysfs(fixture(name), renderer), &quirks)
 }
 
 /// The machine as cohere would run on it: its GPU renders, except in the VM, where cohere

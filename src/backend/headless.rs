@@ -4,7 +4,6 @@
 
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::Fourcc;
-use smithay::backend::egl::{EGLContext, EGLDevice, EGLDisplay};
 use smithay::backend::renderer::damage::OutputDamageTracker;
 use smithay::backend::renderer::element::RenderElementStates;
 use smithay::backend::renderer::gles::{GlesRenderbuffer, GlesRenderer};
@@ -15,22 +14,13 @@ use smithay::reexports::pixman::Image;
 
 use smithay::reexports::wayland_server::DisplayHandle;
 
+use crate::backend::renderer::{RendererDecision, RendererKind};
 use crate::backend::Backend;
 use crate::coherency::{CoherencyState, ProbeOptions, Quirks, RendererChoice};
 use crate::core::Core;
 use crate::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
 use crate::render::{clear_color, output_elements, read_framebuffer, Screenshot, ScreenshotError};
 use crate::State;
-
-/// Which renderer the headless backend draws with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RendererKind {
-    /// CPU rendering with pixman. Always available.
-    #[default]
-    Pixman,
-    /// GLES on an EGL software device (llvmpipe).
-    Gles,
-}
 
 /// A renderer's own error, boxed: the two renderers have different error types.
 pub type RenderError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,8 +34,8 @@ pub enum HeadlessError {
     EglDevices(#[source] smithay::backend::egl::Error),
     #[error("no EGL software device (EGL_MESA_device_software) is available")]
     NoSoftwareDevice,
-    #[error("EGL on the software device")]
-    Egl(#[source] smithay::backend::egl::Error),
+    #[error("GLES on the chosen EGL device: {0}")]
+    Egl(String),
     #[error("GLES renderer")]
     Gles(#[source] smithay::backend::renderer::gles::GlesError),
     #[error("output {0} is not known to the headless backend")]
@@ -172,29 +162,33 @@ pub struct Headless {
 }
 
 impl Headless {
-    /// Creates the renderer. GLES needs an EGL software device; Pixman always works.
+    /// Creates the renderer the decision names (see [`crate::backend::renderer`]).
     /// `main_device` is the dev_t offered as linux-dmabuf's main device (enables feedback).
-    pub fn new(kind: RendererKind, display: &DisplayHandle, main_device: Option<u64>, quirks: Quirks) -> Result<Self, HeadlessError> {
-        let renderer = match kind {
-            RendererKind::Pixman => AnyRenderer::Pixman(Swapchains {
-                renderer: PixmanRenderer::new().map_err(HeadlessError::Pixman)?,
-                format: Fourcc::Argb8888,
-                outputs: Vec::new(),
-            }),
-            RendererKind::Gles => {
-                AnyRenderer::Gles(Swapchains { renderer: software_gles()?, format: Fourcc::Abgr8888, outputs: Vec::new() })
+    pub fn new(
+        decision: &RendererDecision,
+        display: &DisplayHandle,
+        main_device: Option<u64>,
+        quirks: Quirks,
+    ) -> Result<Self, HeadlessError> {
+        let (renderer, choice) = match (decision.kind, &decision.device) {
+            (RendererKind::Gles, Some(device)) => {
+                let egl = super::renderer::egl_device(device).ok_or(HeadlessError::NoSoftwareDevice)?;
+                let gles = super::renderer::gles_on(&egl).map_err(HeadlessError::Egl)?;
+                let swapchains = Swapchains { renderer: gles, format: Fourcc::Abgr8888, outputs: Vec::new() };
+                (AnyRenderer::Gles(swapchains), RendererChoice::Gles(super::renderer::gles_facts(device)))
+            }
+            _ => {
+                let pixman = PixmanRenderer::new().map_err(HeadlessError::Pixman)?;
+                let swapchains = Swapchains { renderer: pixman, format: Fourcc::Argb8888, outputs: Vec::new() };
+                (AnyRenderer::Pixman(swapchains), RendererChoice::Cpu("pixman".into()))
             }
         };
-        // Both headless renderers read client buffers through CPU mappings.
-        let name = match kind {
-            RendererKind::Pixman => "pixman",
-            RendererKind::Gles => "llvmpipe",
-        };
-        let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu(name.into())));
+        let probe = ProbeOptions { renderer_reason: Some(decision.reason.clone()), ..ProbeOptions::live(choice) };
+        let coherency = CoherencyState::new(quirks, &probe);
         let formats: Vec<_> = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
         let implicit_modifier = super::implicit_modifier(&coherency);
         let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device, implicit_modifier })?;
-        tracing::info!(renderer = ?kind, "headless backend ready");
+        tracing::info!(renderer = ?decision.kind, reason = %decision.reason, "headless backend ready");
         Ok(Self { renderer, import, coherency })
     }
 
@@ -242,11 +236,13 @@ impl ImportHandler for State<Headless> {
     }
 
     fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected> {
-        let plan = self.backend.coherency.plan_import(dmabuf).map_err(ImportRejected)?;
-        if !super::wants_test_import(plan, dmabuf) {
-            return Ok(());
-        }
-        self.backend.import_dmabuf(dmabuf).map_err(|e| ImportRejected(format!("renderer cannot import it: {e}")))
+        let Headless { renderer, coherency, .. } = &mut self.backend;
+        super::plan_and_test_import(
+            coherency,
+            dmabuf,
+            |d| with_renderer!(renderer, r => r.renderer.import_dmabuf(d, None).map(|_| ()).map_err(|e| e.to_string())),
+        )
+        .map(|_| ())
     }
 }
 
@@ -260,14 +256,4 @@ impl Backend for Headless {
     }
 
     fn schedule_redraw(&mut self) {}
-}
-
-fn software_gles() -> Result<GlesRenderer, HeadlessError> {
-    let device =
-        EGLDevice::enumerate().map_err(HeadlessError::EglDevices)?.find(EGLDevice::is_software).ok_or(HeadlessError::NoSoftwareDevice)?;
-    // SAFETY: the EGLDevice is valid for the lifetime of the display we create from it.
-    let display = unsafe { EGLDisplay::new(device) }.map_err(HeadlessError::Egl)?;
-    let context = EGLContext::new(&display).map_err(HeadlessError::Egl)?;
-    // SAFETY: the context was just created and is not current on any other thread.
-    unsafe { GlesRenderer::new(context) }.map_err(HeadlessError::Gles)
 }

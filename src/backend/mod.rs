@@ -3,6 +3,7 @@
 
 pub mod drm;
 pub mod headless;
+pub mod renderer;
 
 /// What the backend-independent handlers may ask of any backend.
 pub trait Backend: Sized + 'static {
@@ -54,4 +55,26 @@ pub(crate) fn wants_test_import(plan: &crate::coherency::BufferPlan, dmabuf: &sm
         tracing::debug!("test import deferred: the buffer's write fence hasn't signalled");
     }
     ready
+}
+
+/// The import hook both backends share: plans the buffer, lets the renderer import it when the
+/// renderer reads it itself, and if the renderer can't, plans it again without the renderer (a
+/// CPU copy where the CPU can map it and the copy handles its format). An `Err` becomes `failed`.
+pub(crate) fn plan_and_test_import(
+    coherency: &mut crate::coherency::CoherencyState,
+    dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf,
+    import: impl FnOnce(&smithay::backend::allocator::dmabuf::Dmabuf) -> Result<(), String>,
+) -> Result<crate::coherency::BufferPlan, crate::import::ImportRejected> {
+    use crate::import::ImportRejected;
+    let plan = coherency.plan_import(dmabuf).map_err(ImportRejected)?.clone();
+    if !wants_test_import(&plan, dmabuf) {
+        return Ok(plan);
+    }
+    let Err(err) = import(dmabuf) else { return Ok(plan) };
+    tracing::info!(%err, "the renderer can't import this buffer: planned without it");
+    let plan = coherency.render_cannot_import(dmabuf, format!("refused: {err}")).map_err(ImportRejected)?.clone();
+    if plan.render.path() == crate::coherency::Path::CpuCopy && !crate::path::cpu_copy::copyable(dmabuf) {
+        return Err(ImportRejected(format!("the renderer can't import it ({err}) and its format can't be copied")));
+    }
+    Ok(plan)
 }

@@ -255,8 +255,10 @@ pub struct ConsumerFacts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RendererFacts {
-    /// A CPU renderer (pixman, or GLES on llvmpipe): it reads buffers through CPU mappings.
+    /// A CPU renderer (pixman): it reads buffers through CPU mappings on every repaint.
     Cpu { name: String },
+    /// GLES: buffers are imported as EGL images and sampled by the GPU (or by llvmpipe).
+    Gles { name: String, device: Option<DeviceId>, snoops: Fact<bool>, imports: Fact<bool> },
     /// A GPU: its identity, and its card name for people.
     Device { id: DeviceId, card: String },
 }
@@ -268,11 +270,24 @@ pub struct MachineFacts {
     pub device_tree: bool,
     pub devices: Vec<DeviceFacts>,
     pub renderer: RendererFacts,
+    /// Why this renderer.
+    pub renderer_reason: Option<String>,
+    /// Set for one buffer the renderer failed to import (see `without_render_import`).
+    #[serde(skip)]
+    pub render_import: Option<Fact<bool>>,
 }
 
 impl MachineFacts {
     /// The render consumer.
     pub fn render_consumer(&self) -> ConsumerFacts {
+        let mut consumer = self.renderer_consumer();
+        if let Some(import) = &self.render_import {
+            consumer.imports_foreign = import.clone();
+        }
+        consumer
+    }
+
+    fn renderer_consumer(&self) -> ConsumerFacts {
         match &self.renderer {
             RendererFacts::Device { id, card } => match self.devices.iter().find(|d| d.id == *id) {
                 Some(d) => ConsumerFacts {
@@ -285,7 +300,22 @@ impl MachineFacts {
                 None => Self::cpu_renderer(&format!("{card} (missing)")),
             },
             RendererFacts::Cpu { name } => Self::cpu_renderer(name),
+            RendererFacts::Gles { name, snoops, imports, .. } => ConsumerFacts {
+                id: ConsumerId::Render,
+                name: format!("render (gles: {})", short_gl_name(name)),
+                snoops: snoops.clone(),
+                imports_foreign: imports.clone(),
+                through_cpu: false,
+            },
         }
+    }
+
+    /// The same machine with the renderer unable to import one buffer (its import at create
+    /// failed): that buffer is planned against this.
+    pub fn without_render_import(&self, result: String) -> MachineFacts {
+        let mut m = self.clone();
+        m.render_import = Some(Fact::new(false, Source::DeviceTest { what: "the renderer's import of this buffer".into(), result }));
+        m
     }
 
     fn cpu_renderer(name: &str) -> ConsumerFacts {
@@ -367,4 +397,9 @@ impl MachineFacts {
             through_cpu: true,
         }
     }
+}
+
+/// "llvmpipe" out of "llvmpipe (LLVM 15.0.6, 256 bits)": labels stay short.
+fn short_gl_name(name: &str) -> &str {
+    name.split(" (").next().unwrap_or(name)
 }

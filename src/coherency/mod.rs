@@ -41,6 +41,19 @@ impl PlanCounters {
         }
     }
 
+    /// Takes back what [`PlanCounters::record`] counted for `plan` (it was planned again).
+    fn unrecord(&mut self, plan: &BufferPlan) {
+        self.buffers = self.buffers.saturating_sub(1);
+        if plan.rejection().is_some() {
+            self.rejected = self.rejected.saturating_sub(1);
+        }
+        for c in plan.consumers() {
+            if let Some(n) = self.decisions.get_mut(&(c.consumer.access(), c.path())) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
     /// How many decisions gave `path` to consumers with `access`.
     pub fn count(&self, access: Access, path: Path) -> u64 {
         self.decisions.get(&(access, path)).copied().unwrap_or(0)
@@ -51,18 +64,41 @@ impl PlanCounters {
 /// change (hotplug). Held weakly: a buffer's entry goes when its last reference does.
 #[derive(Debug, Default)]
 pub struct PlanCache {
-    entries: Vec<(smithay::backend::allocator::dmabuf::WeakDmabuf, ExporterFacts, BufferPlan)>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    buffer: smithay::backend::allocator::dmabuf::WeakDmabuf,
+    exporter: ExporterFacts,
+    /// The renderer couldn't import this buffer (why): it is planned without the renderer.
+    render_import_failed: Option<String>,
+    plan: BufferPlan,
+}
+
+impl Entry {
+    fn machine<'a>(&self, machine: &'a MachineFacts) -> std::borrow::Cow<'a, MachineFacts> {
+        match &self.render_import_failed {
+            Some(why) => std::borrow::Cow::Owned(machine.without_render_import(why.clone())),
+            None => std::borrow::Cow::Borrowed(machine),
+        }
+    }
 }
 
 impl PlanCache {
     pub fn insert(&mut self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf, exporter: ExporterFacts, plan: BufferPlan) {
         self.prune();
-        self.entries.push((dmabuf.weak(), exporter, plan));
+        self.entries.push(Entry { buffer: dmabuf.weak(), exporter, render_import_failed: None, plan });
+    }
+
+    fn entry_mut(&mut self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<&mut Entry> {
+        let weak = dmabuf.weak();
+        self.entries.iter_mut().find(|e| e.buffer == weak)
     }
 
     pub fn get(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<&BufferPlan> {
         let weak = dmabuf.weak();
-        self.entries.iter().find(|(w, _, _)| *w == weak).map(|(_, _, p)| p)
+        self.entries.iter().find(|e| e.buffer == weak).map(|e| &e.plan)
     }
 
     /// How the renderer gets `dmabuf`'s pixels, when it has a plan.
@@ -72,7 +108,7 @@ impl PlanCache {
 
     /// Drops entries whose buffer is gone.
     pub fn prune(&mut self) {
-        self.entries.retain(|(w, _, _)| w.upgrade().is_some());
+        self.entries.retain(|e| e.buffer.upgrade().is_some());
     }
 
     pub fn len(&self) -> usize {
@@ -81,7 +117,7 @@ impl PlanCache {
 
     /// The plans of the buffers alive now.
     pub fn live_plans(&self) -> impl Iterator<Item = &BufferPlan> {
-        self.entries.iter().filter(|(w, _, _)| w.upgrade().is_some()).map(|(_, _, p)| p)
+        self.entries.iter().filter(|e| e.buffer.upgrade().is_some()).map(|e| &e.plan)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -91,8 +127,8 @@ impl PlanCache {
     /// Recomputes every live buffer's plan against new machine facts (after hotplug).
     pub fn recompute(&mut self, machine: &MachineFacts) {
         self.prune();
-        for (_, exporter, plan) in &mut self.entries {
-            *plan = BufferPlan::compute(exporter, machine);
+        for entry in &mut self.entries {
+            entry.plan = BufferPlan::compute(&entry.exporter, &entry.machine(machine));
         }
     }
 }
@@ -199,6 +235,28 @@ impl CoherencyState {
         self.plans.insert(dmabuf, exporter, plan);
         self.plans.get(dmabuf).ok_or_else(|| "plan cache lost the entry".into())
     }
+
+    /// The renderer couldn't import `dmabuf` (`why`): plans it again without the renderer,
+    /// which gives a CPU copy where the CPU can map the buffer. `Err` when no consumer can show
+    /// it then.
+    pub fn render_cannot_import(
+        &mut self,
+        dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf,
+        why: String,
+    ) -> Result<&BufferPlan, String> {
+        let machine = &self.machine;
+        let Some(entry) = self.plans.entry_mut(dmabuf) else { return Err("the buffer has no plan".into()) };
+        entry.render_import_failed = Some(why);
+        let plan = BufferPlan::compute(&entry.exporter, &entry.machine(machine));
+        let old = std::mem::replace(&mut entry.plan, plan.clone());
+        self.counters.unrecord(&old);
+        self.counters.record(&plan);
+        tracing::debug!(plan = %plan, "buffer planned again: the renderer can't import it");
+        match plan.rejection() {
+            Some(why) => Err(why),
+            None => self.plans.get(dmabuf).ok_or_else(|| "plan cache lost the entry".into()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -209,7 +267,7 @@ mod tests {
 
     fn vm(quirks: &Quirks) -> MachineFacts {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs/vm");
-        probe(&ProbeOptions { sysfs_root: root, dev_dri: None, renderer: RendererChoice::Cpu("pixman".into()) }, quirks)
+        probe(&ProbeOptions::sysfs(root, RendererChoice::Cpu("pixman".into())), quirks)
     }
 
     fn scanout_vkms(plan: &BufferPlan) -> Path {

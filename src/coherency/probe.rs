@@ -17,10 +17,25 @@ use super::quirks::Quirks;
 /// Which renderer the plan assumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RendererChoice {
-    /// A CPU renderer (pixman, llvmpipe), by name.
+    /// A CPU renderer (pixman), by name.
     Cpu(String),
-    /// The first device that has a render node and can render.
+    /// The first device that has a render node and can render (fixture machines).
     FirstRenderDevice,
+    /// GLES on an EGL device, as [`crate::backend::renderer`] found it.
+    Gles(GlesRenderer),
+}
+
+/// What is known of the EGL device GLES renders on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlesRenderer {
+    /// The GL renderer string.
+    pub name: String,
+    /// Its render node's file name (`renderD128`); `None` for the software EGL device.
+    pub render_node: Option<String>,
+    /// GL runs on the CPU (llvmpipe and the like).
+    pub software: bool,
+    /// EGL offers `EGL_EXT_image_dma_buf_import`.
+    pub imports_dmabuf: bool,
 }
 
 /// Where to look.
@@ -31,12 +46,19 @@ pub struct ProbeOptions {
     /// `None` for fixture trees.
     pub dev_dri: Option<PathBuf>,
     pub renderer: RendererChoice,
+    /// Why this renderer (`cohere inspect` prints it).
+    pub renderer_reason: Option<String>,
 }
 
 impl ProbeOptions {
     /// The running machine.
     pub fn live(renderer: RendererChoice) -> Self {
-        Self { sysfs_root: "/sys".into(), dev_dri: Some("/dev/dri".into()), renderer }
+        Self { sysfs_root: "/sys".into(), dev_dri: Some("/dev/dri".into()), renderer, renderer_reason: None }
+    }
+
+    /// Fixture trees: sysfs only.
+    pub fn sysfs(root: impl Into<PathBuf>, renderer: RendererChoice) -> Self {
+        Self { sysfs_root: root.into(), dev_dri: None, renderer, renderer_reason: None }
     }
 }
 
@@ -183,6 +205,32 @@ fn explicit_sync(node: &Path) -> Fact<bool> {
     }
 }
 
+/// A GLES renderer as a consumer: it reads buffers with its device's DMA (a hardware GPU: the
+/// device's render snooping) or with the CPU (software GL, which is cache-coherent), and imports
+/// dma-bufs if EGL can.
+fn gles_facts(gles: &GlesRenderer, devices: &[DeviceFacts], device_tree: bool) -> RendererFacts {
+    let device = gles.render_node.as_ref().and_then(|node| devices.iter().find(|d| d.render_node.as_ref() == Some(node)));
+    let snoops = match (gles.software, device) {
+        (true, _) => Fact::new(true, Source::Renderer { name: format!("{} renders on the CPU", gles.name) }),
+        (false, Some(d)) => d.render_snoops.clone(),
+        (false, None) if device_tree => {
+            Fact::new(false, Source::ArchDefault { rule: "device-tree platform: DMA is noncoherent unless dma-coherent".into() })
+        }
+        (false, None) => Fact::new(true, Source::ArchDefault { rule: "x86: DMA snoops the CPU caches".into() }),
+    };
+    let what = match &gles.render_node {
+        Some(node) => format!("EGL on {node}"),
+        None => "EGL on the software device".into(),
+    };
+    let result = if gles.imports_dmabuf { "EGL_EXT_image_dma_buf_import offered" } else { "no EGL_EXT_image_dma_buf_import" };
+    RendererFacts::Gles {
+        name: gles.name.clone(),
+        device: device.map(|d| d.id),
+        snoops,
+        imports: Fact::new(gles.imports_dmabuf, Source::DeviceTest { what, result: result.into() }),
+    }
+}
+
 /// Probes every DRM card under `options.sysfs_root`.
 pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
     let root = &options.sysfs_root;
@@ -255,6 +303,7 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
             .find(|d| d.render_node.is_some() && d.renders.value)
             .map(|d| RendererFacts::Device { id: d.id, card: d.name.clone() })
             .unwrap_or(RendererFacts::Cpu { name: "pixman".into() }),
+        RendererChoice::Gles(gles) => gles_facts(gles, &devices, device_tree),
     };
-    MachineFacts { device_tree, devices, renderer }
+    MachineFacts { device_tree, devices, renderer, renderer_reason: options.renderer_reason.clone(), render_import: None }
 }

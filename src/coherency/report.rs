@@ -38,8 +38,15 @@ impl Report {
         let renderer = match &m.renderer {
             super::facts::RendererFacts::Cpu { name } => format!("{name} (CPU)"),
             super::facts::RendererFacts::Device { card, .. } => card.clone(),
+            super::facts::RendererFacts::Gles { name, snoops, imports, .. } => {
+                format!("GLES on {name}\n    reads coherently {snoops}\n    imports dma-bufs {imports}")
+            }
         };
-        let _ = writeln!(out, "renderer: {renderer}\n");
+        let _ = writeln!(out, "renderer: {renderer}");
+        if let Some(why) = &m.renderer_reason {
+            let _ = writeln!(out, "    chosen because {why}");
+        }
+        let _ = writeln!(out);
         for d in &m.devices {
             let roles: Vec<&str> =
                 [(d.kms, "display"), (d.render_node.is_some(), "render node")].iter().filter_map(|(on, r)| on.then_some(*r)).collect();

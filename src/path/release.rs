@@ -22,6 +22,8 @@ use smithay::reexports::wayland_server::backend::ObjectId;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{Resource, Weak};
 
+use smithay::backend::renderer::sync::SyncPoint as RenderFence;
+
 use crate::sync::syncobj::SyncPoint;
 
 /// How a released buffer was consumed.
@@ -58,9 +60,13 @@ pub struct AttachKind {
 
 #[derive(Debug)]
 struct Attach {
-    surface: Weak<WlSurface>,
+    surface: Option<Weak<WlSurface>>,
+    /// The buffer, to write a pending render's read fence into (implicit sync).
+    dmabuf: Option<smithay::backend::allocator::dmabuf::Dmabuf>,
     /// The client's release point (syncobj clients).
     release: Option<SyncPoint>,
+    /// The client uses explicit sync: it learns of the release only from its release point.
+    explicit: bool,
     kind: AttachKind,
     /// It is its surface's current buffer.
     current: bool,
@@ -101,18 +107,39 @@ pub struct Releases {
     /// wl_buffer: holding one keeps smithay from sending a second, late release for that
     /// attach. The next early release of the same wl_buffer replaces it.
     retained: HashMap<ObjectId, Buffer>,
+    /// The newest composition's fence, while the renderer may still be reading (a GPU whose
+    /// fence went to the display as IN_FENCE_FD instead of being waited for).
+    render_fence: Option<RenderFence>,
+    /// Syncobj releases held back until the render fence they wait for has signalled.
+    deferred: Vec<(Attach, RenderFence)>,
     pub counters: BTreeMap<ReleasePath, ReleaseCounter>,
 }
 
 impl Releases {
     /// A commit of `surface` with a dma-buf was applied. `buffer` is smithay's handle of it
     /// (from the surface's renderer state); `release` the syncobj client's release point.
-    pub fn applied(&mut self, surface: &WlSurface, buffer: Option<&Buffer>, release: Option<SyncPoint>, kind: AttachKind) {
+    pub fn applied(
+        &mut self,
+        surface: &WlSurface,
+        buffer: Option<&Buffer>,
+        dmabuf: Option<smithay::backend::allocator::dmabuf::Dmabuf>,
+        release: Option<SyncPoint>,
+        kind: AttachKind,
+    ) {
         self.not_current(&surface.id());
         self.next += 1;
         let id = self.next;
-        let attach =
-            Attach { surface: surface.downgrade(), release, kind, current: true, planes: 0, was_on_plane: false, applied: Instant::now() };
+        let attach = Attach {
+            surface: Some(surface.downgrade()),
+            dmabuf,
+            explicit: release.is_some(),
+            release,
+            kind,
+            current: true,
+            planes: 0,
+            was_on_plane: false,
+            applied: Instant::now(),
+        };
         let early = !attach.in_use();
         self.attaches.insert(id, attach);
         self.current.insert(surface.id(), id);
@@ -181,7 +208,10 @@ impl Releases {
         let dead: Vec<ObjectId> = self
             .current
             .iter()
-            .filter(|(_, id)| self.attaches.get(id).map_or(true, |a| a.surface.upgrade().map_or(true, |s| !s.is_alive())))
+            .filter(|(_, id)| {
+                let alive = |a: &Attach| a.surface.as_ref().and_then(|w| w.upgrade().ok()).is_some_and(|s| s.is_alive());
+                !self.attaches.get(id).is_some_and(alive)
+            })
             .map(|(s, _)| s.clone())
             .collect();
         for surface in dead {
@@ -205,8 +235,50 @@ impl Releases {
         }
     }
 
+    /// A composition was submitted; `fence` signals when the renderer has read everything it
+    /// needed (`None`: it already has).
+    pub fn rendered(&mut self, fence: Option<RenderFence>) {
+        self.render_fence = fence.filter(|f| !f.is_reached());
+        self.poll_deferred();
+    }
+
+    /// Releases whose render fence has signalled since.
+    pub fn poll_deferred(&mut self) {
+        if self.render_fence.as_ref().is_some_and(|f| f.is_reached()) {
+            self.render_fence = None;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred).into_iter().partition(|(_, f)| f.is_reached());
+        self.deferred = waiting;
+        for (attach, _) in done {
+            self.finish(attach);
+        }
+    }
+
     fn release(&mut self, id: u64) {
-        let Some(attach) = self.attaches.remove(&id) else { return };
+        if let Some(attach) = self.attaches.remove(&id) {
+            self.release_attach(attach);
+        }
+    }
+
+    fn release_attach(&mut self, attach: Attach) {
+        // The renderer read it and may still be reading: the release waits for its fence.
+        let read_by_renderer = attach.path() == ReleasePath::Composite;
+        if let Some(fence) = self.render_fence.clone().filter(|f| read_by_renderer && !f.is_reached()) {
+            match (attach.explicit, &attach.dmabuf) {
+                (true, _) => {
+                    self.deferred.push((attach, fence));
+                    return;
+                }
+                // Implicit sync: smithay's wl_buffer.release goes now, so the read goes into
+                // the buffer as a fence the client's next write waits for.
+                (false, Some(dmabuf)) => write_read_fence(dmabuf, &fence),
+                (false, None) => {}
+            }
+        }
+        self.finish(attach);
+    }
+
+    fn finish(&mut self, attach: Attach) {
         let held = attach.applied.elapsed();
         let c = self.counters.entry(attach.path()).or_default();
         c.releases += 1;
@@ -224,12 +296,96 @@ impl Releases {
 
     /// Attaches not released yet.
     pub fn pending(&self) -> usize {
-        self.attaches.len()
+        self.attaches.len() + self.deferred.len()
     }
 
     /// The mean time buffers on `path` were held.
     pub fn mean_hold(&self, path: ReleasePath) -> Option<Duration> {
         let c = self.counters.get(&path)?;
         (c.releases > 0).then(|| Duration::from_micros(c.held_total_us / c.releases))
+    }
+}
+
+/// DMA_BUF_IOCTL_IMPORT_SYNC_FILE of a render's fence (as a read) into every plane's dma-buf.
+fn write_read_fence(dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf, fence: &RenderFence) {
+    let Some(fd) = fence.export() else {
+        tracing::debug!("the render fence can't be exported; waiting for it instead");
+        let _ = fence.wait();
+        return;
+    };
+    let sync_file = crate::sync::SyncFile::from_fd(fd);
+    for plane in dmabuf.handles() {
+        if let Err(err) = crate::sync::import_sync_file(plane, &sync_file, crate::sync::DmabufAccess::Read) {
+            tracing::warn!(%err, "writing the render's read fence into a released buffer");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A render fence the test signals.
+    #[derive(Debug, Default)]
+    struct TestFence(Arc<AtomicBool>);
+
+    impl smithay::backend::renderer::sync::Fence for TestFence {
+        fn is_signaled(&self) -> bool {
+            self.0.load(Ordering::Acquire)
+        }
+        fn wait(&self) -> Result<(), smithay::backend::renderer::sync::Interrupted> {
+            Ok(())
+        }
+        fn is_exportable(&self) -> bool {
+            false
+        }
+        fn export(&self) -> Option<std::os::fd::OwnedFd> {
+            None
+        }
+    }
+
+    fn attach(path: ReleasePath) -> Attach {
+        let kind = match path {
+            ReleasePath::CpuCopy => AttachKind { copied: true, scanout: None },
+            _ => AttachKind { copied: false, scanout: None },
+        };
+        // An explicit-sync client's attach, without a real release point (no device here).
+        Attach {
+            surface: None,
+            dmabuf: None,
+            release: None,
+            explicit: true,
+            kind,
+            current: false,
+            planes: 0,
+            was_on_plane: false,
+            applied: Instant::now(),
+        }
+    }
+
+    /// A composited buffer of a syncobj client is released only when the render that read it
+    /// has finished; a copied one at once; with no render in flight, at once too.
+    #[test]
+    fn a_composited_release_waits_for_the_render_fence() {
+        let mut releases = Releases::default();
+        let signalled = Arc::new(AtomicBool::new(false));
+        releases.rendered(Some(RenderFence::from(TestFence(signalled.clone()))));
+        // A deferred attach isn't counted until its fence signals.
+        releases.release_attach(attach(ReleasePath::Composite));
+        releases.release_attach(attach(ReleasePath::CpuCopy));
+        let count = |r: &Releases, p| r.counters.get(&p).map_or(0, |c| c.releases);
+        assert_eq!((count(&releases, ReleasePath::Composite), count(&releases, ReleasePath::CpuCopy)), (0, 1));
+        assert_eq!(releases.pending(), 1);
+        releases.poll_deferred();
+        assert_eq!(count(&releases, ReleasePath::Composite), 0, "the fence hasn't signalled");
+        signalled.store(true, Ordering::Release);
+        releases.poll_deferred();
+        assert_eq!((count(&releases, ReleasePath::Composite), releases.pending()), (1, 0));
+        // No render in flight: released at once.
+        releases.rendered(None);
+        releases.release_attach(attach(ReleasePath::Composite));
+        assert_eq!(count(&releases, ReleasePath::Composite), 2);
     }
 }

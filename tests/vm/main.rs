@@ -14,6 +14,7 @@ mod client_mode;
 mod cohere;
 mod dmabuf;
 mod explicit;
+mod gles;
 #[path = "../fixture/harness.rs"]
 mod harness;
 mod headless;
@@ -37,9 +38,16 @@ fn main() -> ExitCode {
     // Boot groups (see run_in_vm): 0 = everything without a KMS compositor, then the KMS tests,
     // which hold the display and run one after another, split so each boot stays short.
     let group = std::env::var("COHERE_VM_GROUP").ok().and_then(|g| g.parse::<usize>().ok());
-    let base =
-        tests::all().into_iter().chain(dmabuf::all()).chain(headless::all()).chain(camera::all()).chain(explicit::all()).map(|t| (0, t));
-    let kms = kms::all().into_iter().chain(camera::kms()).chain(maintenance::kms()).map(|(boot, name, f)| (boot, (name, f)));
+    let base = tests::all()
+        .into_iter()
+        .chain(dmabuf::all())
+        .chain(headless::all())
+        .chain(camera::all())
+        .chain(explicit::all())
+        .chain(gles::all())
+        .map(|t| (0, t));
+    let kms =
+        kms::all().into_iter().chain(camera::kms()).chain(maintenance::kms()).chain(gles::kms()).map(|(boot, name, f)| (boot, (name, f)));
     let trials = base
         .chain(kms)
         .filter(|(g, _)| group.map_or(true, |want| want == *g))
@@ -64,7 +72,7 @@ fn main() -> ExitCode {
 fn run_in_vm(args: &[String]) -> ExitCode {
     let Some((exe, rest)) = args.split_first() else { return ExitCode::FAILURE };
     let filtered = rest.iter().any(|a| !a.starts_with('-'));
-    let boots = 1 + kms::all().iter().chain(&camera::kms()).chain(&maintenance::kms()).map(|t| t.0).max().unwrap_or(0);
+    let boots = 1 + kms::all().iter().chain(&camera::kms()).chain(&maintenance::kms()).chain(&gles::kms()).map(|t| t.0).max().unwrap_or(0);
     let groups: Vec<Option<usize>> = if filtered { vec![None] } else { (0..boots).map(Some).collect() };
     for group in groups {
         let code = boot(exe, rest, group);

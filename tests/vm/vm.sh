@@ -92,6 +92,31 @@ build_modules() {
   depmod -b "$root" "$KERNEL_ABI-amd64"
 }
 
+# Mesa 25 (and its libdrm) from bookworm-backports, through a private apt configuration: the
+# host's sources and installed packages are not touched.
+setup_mesa() {
+  local dir="$cache/mesa25" apt="$cache/apt"
+  local pkgs=(
+    "mesa-libgallium=$MESA_PKG_VERSION" "libgl1-mesa-dri=$MESA_PKG_VERSION" "libegl-mesa0=$MESA_PKG_VERSION"
+    "libgbm1=$MESA_PKG_VERSION" "libdrm2=$LIBDRM_PKG_VERSION" "libdrm-amdgpu1=$LIBDRM_PKG_VERSION"
+    "libdrm-intel1=$LIBDRM_PKG_VERSION"
+  )
+  mkdir -p "$dir/debs" "$apt/lists/partial" "$apt/cache/archives/partial"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" >"$apt/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$apt/lists"
+    -o "Dir::Cache=$apt/cache" -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
+  if [ "$(ls "$dir"/debs/*.deb 2>/dev/null | wc -l)" -ne ${#pkgs[@]} ]; then
+    vm "downloading Mesa $MESA_PKG_VERSION from bookworm-backports (about 10 MB)"
+    rm -f "$dir"/debs/*.deb
+    apt-get "${opts[@]}" update -q >/dev/null || die "apt-get update of bookworm-backports failed"
+    (cd "$dir/debs" && apt-get "${opts[@]}" download -q "${pkgs[@]}") || die "apt-get download of Mesa $MESA_PKG_VERSION failed (see tests/vm/versions.env)"
+  fi
+  rm -rf "$dir/root" && mkdir -p "$dir/root"
+  for d in "$dir"/debs/*.deb; do
+    dpkg-deb -x "$d" "$dir/root"
+  done
+}
+
 build_initramfs() {
   local ird="$cache/initramfs"
   vm "building the initramfs (busybox + 9p/overlay modules)"
@@ -118,6 +143,7 @@ setup() {
   extract_kernel
   extract_sources
   build_modules
+  setup_mesa
   build_initramfs
   echo "$key" >"$stamp"
   vm "set-up done in $((SECONDS - t0)) s; cached in $cache"
@@ -148,6 +174,8 @@ run() {
     echo "cd $(printf '%q' "$PWD")"
     echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp"
     echo "export XDG_RUNTIME_DIR=/run/user0 COHERE_IN_VM=1 RUST_BACKTRACE=1 ${RUST_LOG:+RUST_LOG=$RUST_LOG} ${COHERE_TEST_TIMES:+COHERE_TEST_TIMES=1} ${COHERE_VM_GROUP:+COHERE_VM_GROUP=$COHERE_VM_GROUP}"
+    # Tests that want Mesa 25 (GPU composition) put it in their processes' environment.
+    echo "export COHERE_MESA25=$(printf '%q' "$cache/mesa25/root")"
     echo "mkdir -p -m 700 /run/user0"
     printf 'exec'; printf ' %q' "$@"; echo
   } >"$results/cmd.sh"

@@ -3,14 +3,16 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::dumb::DumbAllocator;
 use smithay::backend::allocator::gbm::GbmDevice;
+use smithay::backend::allocator::Format;
 use smithay::backend::allocator::Fourcc;
-use smithay::backend::drm::compositor::{DrmCompositor, FrameFlags};
+use smithay::backend::drm::compositor::{DrmCompositor, FrameFlags, PrimaryPlaneElement};
 use smithay::backend::drm::{DrmDevice, DrmDeviceFd, DrmEvent, DrmNode};
+use smithay::backend::renderer::element::RenderElement;
 use smithay::backend::renderer::element::{Element, Kind, RenderElementPresentationState, RenderElementStates};
-use smithay::backend::renderer::pixman::PixmanRenderer;
-use smithay::backend::renderer::ImportDma;
+use smithay::backend::renderer::{Bind, ImportAll, ImportMem, Renderer, Texture};
 use smithay::backend::session::libseat::LibSeatSession;
 use smithay::backend::session::Session;
 use smithay::output::Output;
@@ -84,8 +86,16 @@ struct Surface {
 
 /// What one render call did.
 pub(crate) enum Rendered {
-    Queued { states: RenderElementStates, zero_copy: u64, composited: u64, cursor_plane: bool },
-    Empty { states: RenderElementStates },
+    Queued {
+        states: RenderElementStates,
+        zero_copy: u64,
+        composited: u64,
+        cursor_plane: bool,
+        fence: Option<smithay::backend::renderer::sync::SyncPoint>,
+    },
+    Empty {
+        states: RenderElementStates,
+    },
 }
 
 /// A DRM device cohere drives.
@@ -103,7 +113,7 @@ impl Device {
     /// Opens `path` through the session and creates an output for each connected connector.
     pub(crate) fn open(
         session: &mut LibSeatSession,
-        renderer: &PixmanRenderer,
+        renderer_formats: &[Format],
         handle: &LoopHandle<'static, State<Drm>>,
         core: &mut Core<Drm>,
         path: &Path,
@@ -127,7 +137,7 @@ impl Device {
 
         let mut surfaces = HashMap::new();
         // On failure part-way, take back the outputs already announced and the event source.
-        if let Err(err) = add_outputs(&mut drm, &gbm, node, &card, &driver, renderer, core, &mut surfaces) {
+        if let Err(err) = add_outputs(&mut drm, &gbm, node, &card, &driver, renderer_formats, core, &mut surfaces) {
             for s in surfaces.values() {
                 core.remove_output(&s.output);
             }
@@ -154,13 +164,19 @@ impl Device {
         self.surfaces.iter().find(|(_, s)| &s.output == output).map(|(c, _)| *c)
     }
 
-    pub(crate) fn render(
+    pub(crate) fn render<R>(
         &mut self,
         crtc: crtc::Handle,
-        renderer: &mut PixmanRenderer,
-        elements: &[OutputElement<PixmanRenderer>],
+        renderer: &mut R,
+        elements: &[OutputElement<R>],
         clear: [f32; 4],
-    ) -> Result<Rendered, DeviceError> {
+    ) -> Result<Rendered, DeviceError>
+    where
+        R: Renderer + Bind<Dmabuf> + ImportAll + ImportMem,
+        R::TextureId: Texture + Clone + Send + 'static,
+        R::Error: Send + Sync + 'static,
+        OutputElement<R>: RenderElement<R>,
+    {
         let surface = self.surfaces.get_mut(&crtc).ok_or(DeviceError::UnknownCrtc)?;
         let failed = |output: &Output, e: CompositorError| DeviceError::Compositor { output: output.name(), source: e };
         let result = surface
@@ -170,6 +186,20 @@ impl Device {
         let states = result.states.clone();
         if result.is_empty {
             return Ok(Rendered::Empty { states });
+        }
+        // The composition's fence: waited for here when the display can't take it as an
+        // IN_FENCE_FD (vkms, virtio-gpu), else it goes with the commit and buffers the renderer
+        // read are released only when it has signalled (see path::release).
+        let fence = match &result.primary_element {
+            PrimaryPlaneElement::Swapchain(element) => Some(element.sync.clone()),
+            PrimaryPlaneElement::Element(_) => None,
+        };
+        if result.needs_sync() {
+            if let Some(fence) = &fence {
+                if let Err(err) = fence.wait() {
+                    tracing::warn!(?err, "waiting for the composition");
+                }
+            }
         }
         // The cursor is counted on its own: "zero-copy" and "composited" are about client
         // content.
@@ -183,7 +213,7 @@ impl Device {
             .iter()
             .any(|id| states.states.get(id).is_some_and(|s| matches!(s.presentation_state, RenderElementPresentationState::ZeroCopy)));
         surface.compositor.queue_frame(()).map_err(|e| failed(&surface.output, Box::new(e)))?;
-        Ok(Rendered::Queued { states, zero_copy, composited, cursor_plane })
+        Ok(Rendered::Queued { states, zero_copy, composited, cursor_plane, fence })
     }
 
     pub(crate) fn set_pending_states(&mut self, crtc: crtc::Handle, states: RenderElementStates) {
@@ -237,13 +267,12 @@ fn add_outputs(
     node: DrmNode,
     card: &str,
     driver: &str,
-    renderer: &PixmanRenderer,
+    renderer_formats: &[Format],
     core: &mut Core<Drm>,
     surfaces: &mut HashMap<crtc::Handle, Surface>,
 ) -> Result<(), DeviceError> {
     let res = drm.resource_handles().map_err(|source| DeviceError::Io { what: "mode resources", path: card.to_owned(), source })?;
     let mut used = Vec::new();
-    let renderer_formats: Vec<_> = renderer.dmabuf_formats().into_iter().collect();
     for conn in res.connectors() {
         let Ok(info) = drm.get_connector(*conn, false) else { continue };
         if info.state() != connector::State::Connected {
@@ -285,7 +314,7 @@ fn add_outputs(
             allocator,
             exporter,
             [Fourcc::Xrgb8888, Fourcc::Argb8888],
-            renderer_formats.clone(),
+            renderer_formats.iter().copied(),
             cursor,
             // GBM for the cursor plane: smithay writes Kind::Cursor elements into cursor BOs.
             Some(gbm.clone()),

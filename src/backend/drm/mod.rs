@@ -1,6 +1,8 @@
 //! KMS backend: a libseat session, udev for devices and hotplug, one `DrmCompositor` per
-//! connected connector on every DRM device with displays, GBM allocation and the Pixman
-//! renderer (composition happens on the CPU, as on the VM's vkms and virtio-gpu).
+//! connected connector on every DRM device with displays, and one renderer for all of them:
+//! Pixman, or GLES on the EGL device [`crate::backend::renderer`] chose. Either draws into the
+//! display device's own scanout buffers (dumb, linear, imported by the renderer), so rendering
+//! on one device and scanning out on another needs no copy.
 //!
 //! Which client buffers may go on a plane is the coherency plan's decision: the direct-scanout
 //! executor ([`crate::path::direct`]) marks a buffer with the device it may be scanned out on,
@@ -15,6 +17,7 @@ use std::time::Duration;
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::drm::DrmNode;
 use smithay::backend::renderer::element::RenderElementStates;
+use smithay::backend::renderer::gles::GlesRenderer;
 use smithay::backend::renderer::pixman::PixmanRenderer;
 use smithay::backend::renderer::ImportDma;
 use smithay::backend::session::libseat::LibSeatSession;
@@ -40,6 +43,8 @@ pub enum DrmBackendError {
     NoDisplay,
     #[error("pixman renderer")]
     Renderer(#[source] smithay::backend::renderer::pixman::PixmanError),
+    #[error("GLES renderer: {0}")]
+    Gles(String),
     #[error("linux-dmabuf")]
     Import(#[from] crate::import::ImportError),
 }
@@ -47,7 +52,7 @@ pub enum DrmBackendError {
 /// The KMS backend.
 pub struct Drm {
     pub session: LibSeatSession,
-    pub renderer: PixmanRenderer,
+    pub renderer: KmsRenderer,
     pub devices: HashMap<DrmNode, Device>,
     import: ImportState,
     pub coherency: CoherencyState,
@@ -59,6 +64,34 @@ pub struct Drm {
     busy: std::collections::HashSet<Output>,
 }
 
+/// The renderer that composites on every display.
+#[allow(clippy::large_enum_variant)] // one per backend, never moved after creation
+pub enum KmsRenderer {
+    Pixman(PixmanRenderer),
+    Gles(GlesRenderer),
+}
+
+/// Runs `$body` with `$r` bound to whichever renderer is active.
+macro_rules! with_renderer {
+    ($renderer:expr, $r:ident => $body:expr) => {
+        match $renderer {
+            KmsRenderer::Pixman($r) => $body,
+            KmsRenderer::Gles($r) => $body,
+        }
+    };
+}
+
+impl KmsRenderer {
+    /// What the renderer can import (and draw into).
+    pub fn dmabuf_formats(&self) -> Vec<smithay::backend::allocator::Format> {
+        with_renderer!(self, r => r.dmabuf_formats().into_iter().collect())
+    }
+
+    fn import(&mut self, dmabuf: &Dmabuf) -> Result<(), String> {
+        with_renderer!(self, r => r.import_dmabuf(dmabuf, None).map(|_| ()).map_err(|e| e.to_string()))
+    }
+}
+
 impl Drm {
     pub(crate) fn new(
         session: LibSeatSession,
@@ -66,10 +99,20 @@ impl Drm {
         display: &DisplayHandle,
         main_device: Option<u64>,
         quirks: Quirks,
+        decision: &crate::backend::renderer::RendererDecision,
     ) -> Result<Self, DrmBackendError> {
-        let renderer = PixmanRenderer::new().map_err(DrmBackendError::Renderer)?;
-        let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu("pixman".into())));
-        let formats: Vec<_> = renderer.dmabuf_formats().into_iter().collect();
+        let (renderer, choice) = match (decision.kind, &decision.device) {
+            (crate::backend::renderer::RendererKind::Gles, Some(device)) => {
+                let egl =
+                    crate::backend::renderer::egl_device(device).ok_or_else(|| DrmBackendError::Gles("the EGL device is gone".into()))?;
+                let gles = crate::backend::renderer::gles_on(&egl).map_err(DrmBackendError::Gles)?;
+                (KmsRenderer::Gles(gles), RendererChoice::Gles(crate::backend::renderer::gles_facts(device)))
+            }
+            _ => (KmsRenderer::Pixman(PixmanRenderer::new().map_err(DrmBackendError::Renderer)?), RendererChoice::Cpu("pixman".into())),
+        };
+        let probe = ProbeOptions { renderer_reason: Some(decision.reason.clone()), ..ProbeOptions::live(choice) };
+        let coherency = CoherencyState::new(quirks, &probe);
+        let formats = renderer.dmabuf_formats();
         let implicit_modifier = super::implicit_modifier(&coherency);
         let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device, implicit_modifier })?;
         Ok(Self { session, renderer, devices: HashMap::new(), import, coherency, handle, only_device: None, busy: Default::default() })
@@ -150,13 +193,11 @@ impl ImportHandler for State<Drm> {
     }
 
     fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected> {
-        let plan = self.backend.coherency.plan_import(dmabuf).map_err(ImportRejected)?.clone();
-        let nodes: Vec<DrmNode> = self.backend.devices.keys().copied().collect();
+        let Drm { renderer, coherency, devices, .. } = &mut self.backend;
+        let plan = super::plan_and_test_import(coherency, dmabuf, |d| renderer.import(d))?;
+        let nodes: Vec<DrmNode> = devices.keys().copied().collect();
         crate::path::direct::mark_for_scanout(dmabuf, &plan, &nodes);
-        if !super::wants_test_import(&plan, dmabuf) {
-            return Ok(());
-        }
-        self.backend.renderer.import_dmabuf(dmabuf, None).map(|_| ()).map_err(|e| ImportRejected(format!("renderer cannot import it: {e}")))
+        Ok(())
     }
 
     fn surface_feedback(
@@ -190,18 +231,18 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
         state.backend.busy.remove(output);
         return;
     };
-    let elements = {
-        let renderer = &mut state.backend.renderer;
-        crate::render::output_elements(renderer, &state.core, output)
-    };
     let clear = crate::render::clear_color(state.core.shell.mode);
-    let Some(device) = state.backend.devices.get_mut(&node) else {
+    let Drm { renderer, devices, .. } = &mut state.backend;
+    let Some(device) = devices.get_mut(&node) else {
         state.backend.busy.remove(output);
         return;
     };
-    let outcome = device.render(crtc, &mut state.backend.renderer, &elements, clear);
+    let outcome = with_renderer!(renderer, r => {
+        let elements = crate::render::output_elements(r, &state.core, output);
+        device.render(crtc, r, &elements, clear)
+    });
     match outcome {
-        Ok(device::Rendered::Queued { states, zero_copy, composited, cursor_plane }) => {
+        Ok(device::Rendered::Queued { states, zero_copy, composited, cursor_plane, fence }) => {
             let c = state.core.counters_of(output);
             c.queued += 1;
             c.zero_copy_elements += zero_copy;
@@ -211,6 +252,7 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
             // it on screen.
             let on_planes = crate::render::scanned_out(&state.core, &states);
             state.core.releases.frame_queued(output, on_planes);
+            state.core.releases.rendered(fence);
             if let Some(dev) = state.backend.devices.get_mut(&node) {
                 dev.set_pending_states(crtc, states);
             }
@@ -271,6 +313,7 @@ pub(crate) fn vblank(state: &mut State<Drm>, node: DrmNode, crtc: smithay::reexp
     let now = state.core.clock.now();
     state.core.counters_of(&output).flips += 1;
     state.core.releases.frame_shown(&output);
+    state.core.releases.poll_deferred();
     finish(state, &output, &states, now, refresh_of(&output));
     state.backend.busy.remove(&output);
     render_output(state, &output, Trigger::Vblank);

@@ -27,7 +27,8 @@ impl Compositor<Drm> {
         let seat = session.seat();
         let quirks = options.coherency.load()?;
         let main_device = options.dmabuf_main_device.or_else(crate::compositor::first_render_node);
-        let backend = Drm::new(session, event_loop.handle(), &dh, main_device, quirks)?;
+        let decision = crate::backend::renderer::choose(options.renderer)?;
+        let backend = Drm::new(session, event_loop.handle(), &dh, main_device, quirks, &decision)?;
         let core = Core::new(dh, options.shell, event_loop.handle());
         let mut state = State { backend, core };
         state.core.offer_explicit_sync(&state.backend.coherency.machine);
@@ -113,7 +114,8 @@ fn add_device(state: &mut State<Drm>, path: &std::path::Path) {
         return;
     }
     let handle = state.backend.handle.clone();
-    match Device::open(&mut state.backend.session, &state.backend.renderer, &handle, &mut state.core, path) {
+    let formats = state.backend.renderer.dmabuf_formats();
+    match Device::open(&mut state.backend.session, &formats, &handle, &mut state.core, path) {
         Ok(device) => {
             tracing::info!(card = device.card, driver = device.driver, outputs = device.outputs().count(), "DRM device added");
             let outputs: Vec<_> = device.outputs().cloned().collect();

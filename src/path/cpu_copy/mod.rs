@@ -131,6 +131,11 @@ pub fn plan(
     })
 }
 
+/// Whether the CPU copy handles `dmabuf`'s layout (one plane of a known format).
+pub fn copyable(dmabuf: &Dmabuf) -> bool {
+    crate::import::format::layout(dmabuf.format().code).is_some_and(|l| l.planes == 1) && dmabuf.num_planes() == 1
+}
+
 /// A commit of `surface` brought a buffer that isn't copied: the shadow no longer follows the
 /// surface's content, so the next copy must be a full one.
 pub fn not_copied(surface: &WlSurface) {

@@ -1,0 +1,198 @@
+//! GPU composition (the "GPU blit" fallback) with GLES, headless and on KMS, on real dma-bufs:
+//! Mesa 25's llvmpipe on the EGL device platform (from bookworm-backports, unpacked into the VM
+//! cache; bookworm's Mesa 22.3 can't import dma-bufs) is the GPU here. The plan names the GLES
+//! renderer as the consumer that reads a buffer directly; nothing is copied through the CPU.
+
+use std::process::Command;
+
+use cohere::coherency::{Access, Path as PlanPath};
+use cohere::testkit::Card;
+
+use crate::client_mode::{CLIENT_MODE, CLIENT_SIZE};
+use crate::cohere::{scratch, summary, Cohere};
+use crate::headless::compare;
+use crate::kms::{check_vkms_crc, output_counters, start_with_client, vkms_node, window_plan, VKMS_OUTPUT};
+use crate::tests::{ensure_eq, test_image, Check, TestFn};
+
+pub fn all() -> Vec<(&'static str, TestFn)> {
+    vec![
+        ("gles_headless_reads_udmabuf_and_vgem_buffers_directly", gles_headless_reads_udmabuf_and_vgem_buffers_directly),
+        ("renderer_auto_picks_pixman_with_software_gl_and_says_why", renderer_auto_picks_pixman_with_software_gl_and_says_why),
+    ]
+}
+
+pub fn kms() -> Vec<(usize, &'static str, TestFn)> {
+    vec![
+        (1, "gles_composites_a_udmabuf_on_virtio_gpu", gles_composites_a_udmabuf_on_virtio_gpu),
+        (1, "gles_on_vkms_composites_or_scans_out_as_planned", gles_on_vkms_composites_or_scans_out_as_planned),
+        (1, "gles_shows_weston_simple_dmabuf_egl_on_vkms", gles_shows_weston_simple_dmabuf_egl_on_vkms),
+    ]
+}
+
+/// The environment that puts Mesa 25 (unpacked by tests/vm/vm.sh) in front of Debian's.
+pub fn mesa25() -> Result<Vec<(String, String)>, String> {
+    let root = std::env::var("COHERE_MESA25").check("COHERE_MESA25 (set by tests/vm/vm.sh)")?;
+    let lib = format!("{root}/usr/lib/x86_64-linux-gnu");
+    if !std::path::Path::new(&lib).join("libEGL_mesa.so.0").exists() {
+        return Err(format!("Mesa 25 isn't unpacked under {root}: run tests/vm/vm.sh setup"));
+    }
+    Ok(vec![
+        ("LD_LIBRARY_PATH".into(), lib.clone()),
+        ("LIBGL_DRIVERS_PATH".into(), format!("{lib}/dri")),
+        ("GBM_BACKENDS_PATH".into(), format!("{lib}/gbm")),
+        ("__EGL_VENDOR_LIBRARY_FILENAMES".into(), format!("{root}/usr/share/glvnd/egl_vendor.d/50_mesa.json")),
+    ])
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// `cohere --headless --renderer gles` with a udmabuf, then a vgem buffer: the screenshot is the
+/// client's image exactly, the plan has the GLES renderer read each buffer directly, and
+/// nothing is copied.
+fn gles_headless_reads_udmabuf_and_vgem_buffers_directly() -> Result<(), String> {
+    let mesa = mesa25()?;
+    let (cw, ch) = CLIENT_SIZE;
+    for source in ["udmabuf", "vgem"] {
+        let what = |e: String| format!("{source}: {e}");
+        let shot = scratch("gles", "png");
+        let report = scratch("client", "json");
+        let (size, shot_arg, report_arg) = (format!("{cw}x{ch}"), shot.display().to_string(), report.display().to_string());
+        let mut env = env_refs(&mesa);
+        env.extend([("COHERE_CLIENT_SOURCE", source), ("COHERE_CLIENT_REPORT", report_arg.as_str())]);
+        let me = std::env::current_exe().check("exe")?.display().to_string();
+        let args = ["--headless", "--kiosk", "--renderer", "gles", "--size", &size, "--screenshot", &shot_arg, "--after-frames", "0"];
+        let mut cohere = Cohere::start(&args, &[&me, CLIENT_MODE], &env)?;
+        cohere.wait_client(&report, "the buffer presented", |r| r.presented >= 1).map_err(what)?;
+        let (w, _, rgba) = cohere.screenshot(&shot).map_err(what)?;
+        compare(&rgba, w, &test_image(cw as u32, ch as u32)).map_err(what)?;
+        let stopped = cohere.stop().map_err(what)?;
+        let s = &stopped.stats;
+        if !s.renderer.starts_with("render (gles: llvmpipe") {
+            return Err(what(format!("renderer {:?} ({})", s.renderer, s.renderer_reason)));
+        }
+        let plan = window_plan(s, "udmabuf").map_err(what)?;
+        ensure_eq!(plan.path(Access::Sample), Some(PlanPath::Direct), "{source}: the GLES renderer reads the buffer itself: {plan:?}");
+        ensure_eq!((s.cpu_copies, s.bytes_copied), (0, 0), "{source}: copies and bytes copied");
+    }
+    Ok(())
+}
+
+/// In the VM the only GL is software (llvmpipe behind virtio-gpu's render node): `auto` picks
+/// Pixman, and cohere and `cohere inspect` say why.
+fn renderer_auto_picks_pixman_with_software_gl_and_says_why() -> Result<(), String> {
+    let mesa = mesa25()?;
+    let inspect = Command::new(env!("CARGO_BIN_EXE_cohere")).arg("inspect").envs(env_refs(&mesa)).output().check("inspect")?;
+    let text = String::from_utf8_lossy(&inspect.stdout).into_owned();
+    let want = "renderer: pixman (CPU)\n    chosen because no hardware GPU for GLES: /dev/dri/renderD";
+    if !text.contains(want) || !text.contains("renders in software") {
+        return Err(format!("inspect doesn't say why pixman:\n{text}"));
+    }
+    let mut cohere = Cohere::start(&["--headless"], &[], &env_refs(&mesa))?;
+    let stats = cohere.wait("statistics", |_| true)?;
+    cohere.stop()?;
+    ensure_eq!(stats.renderer, "render (pixman)", "auto's renderer ({})", stats.renderer_reason);
+    if !stats.renderer_reason.contains("renders in software") {
+        return Err(format!("the reason: {}", stats.renderer_reason));
+    }
+    Ok(())
+}
+
+/// virtio-gpu refuses foreign dma-bufs, so a udmabuf can't go on its plane: GLES composites it
+/// into virtio-gpu's own scanout buffer (rendering on one device, llvmpipe, scanning out on
+/// another), exactly, and nothing is copied.
+fn gles_composites_a_udmabuf_on_virtio_gpu() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    let mesa = mesa25()?;
+    let node = Card::open_driver("virtio_gpu").check("virtio-gpu")?.path.display().to_string();
+    let (mut cohere, _) = start_with_client(&["--kiosk", "--renderer", "gles", "--drm-device", &node], &["1280", "800"], &env_refs(&mesa))?;
+    let stats = cohere.wait("the virtio-gpu output", |s| s.devices.iter().any(|d| d.driver == "virtio_gpu"))?;
+    let output = stats.devices.iter().find(|d| d.driver == "virtio_gpu").and_then(|d| d.outputs.first().cloned()).ok_or("no output")?;
+    let (w, h, pixels) =
+        cohere.readback(&output, || Card::open_driver("virtio_gpu").check("virtio-gpu")?.read_primary_plane().check("readback"))?;
+    let stopped = cohere.stop()?;
+    ensure_eq!((w, h), (1280, 800), "virtio-gpu mode");
+    let wrong = pixels.iter().zip(test_image(w, h)).filter(|(a, b)| **a != *b).count();
+    ensure_eq!(wrong, 0, "pixels GLES composited on virtio-gpu that differ from the client's image");
+    let plan = window_plan(&stopped.stats, "udmabuf")?;
+    ensure_eq!((plan.path(Access::Sample), plan.path_of("(virtio_gpu)")), (Some(PlanPath::Direct), Some(PlanPath::Composite)), "{plan:?}");
+    if !plan.consumers.iter().any(|c| c.label.starts_with("render (gles: llvmpipe")) {
+        return Err(format!("the renderer isn't GLES: {plan:?}"));
+    }
+    let c = output_counters(&stopped, &output)?;
+    if c.composited_elements == 0 || c.zero_copy_elements != 0 || c.bytes_copied != 0 || stopped.stats.bytes_copied != 0 {
+        return Err(format!("expected GLES composition without copies: {c:?}, {}", summary(&stopped.stats)));
+    }
+    Ok(())
+}
+
+/// On vkms with GLES: a udmabuf goes on a plane when the plan allows it, and when vkms doesn't
+/// snoop and udmabuf can't sync attachments (overrides), GLES composites it instead. vkms's CRC
+/// is the client's image both ways.
+fn gles_on_vkms_composites_or_scans_out_as_planned() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    let mesa = mesa25()?;
+    let node = vkms_node()?;
+    let config = scratch("override", "toml");
+    std::fs::write(&config, "[driver.vkms]\nscanout_snoops = false\n\n[exporter.udmabuf]\nsyncs_attachments = false\n").check("config")?;
+    let config_arg = config.display().to_string();
+    for overridden in [false, true] {
+        let what = |e: String| format!("{}: {e}", if overridden { "with the override" } else { "without the override" });
+        let mut args = vec!["--kiosk", "--renderer", "gles", "--drm-device", node.as_str()];
+        if overridden {
+            args.extend(["--config", config_arg.as_str()]);
+        }
+        let (mut cohere, _) = start_with_client(&args, &["1024", "768"], &env_refs(&mesa)).map_err(what)?;
+        check_vkms_crc(&mut cohere, &test_image(1024, 768), "the client's image").map_err(what)?;
+        let stopped = cohere.stop().map_err(what)?;
+        let plan = window_plan(&stopped.stats, "udmabuf").map_err(what)?;
+        let c = output_counters(&stopped, VKMS_OUTPUT).map_err(what)?;
+        let (want_path, composited) = if overridden { (PlanPath::Composite, true) } else { (PlanPath::Direct, false) };
+        ensure_eq!(plan.path_of("(vkms)"), Some(want_path), "{}: {plan:?}", what(String::new()));
+        if (c.composited_elements > 0) != composited || (c.zero_copy_elements > 0) == composited || c.bytes_copied != 0 {
+            return Err(what(format!("expected {}: {c:?}", if composited { "GLES composition" } else { "zero-copy scanout" })));
+        }
+    }
+    Ok(())
+}
+
+/// weston-simple-dmabuf-egl built against Mesa 25 (GBM on vkms, with modifiers) runs on cohere
+/// composited with GLES, and its frames keep changing on screen.
+fn gles_shows_weston_simple_dmabuf_egl_on_vkms() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    let mesa = mesa25()?;
+    let node = vkms_node()?;
+    let mut cohere = Cohere::start(
+        &["--kiosk", "--renderer", "gles", "--drm-device", &node],
+        &["weston-simple-dmabuf-egl", "-d", &node],
+        &env_refs(&mesa),
+    )?;
+    let title = "simple-dmabuf-egl";
+    let shown = |s: &cohere::stats::Stats, n: u64| s.window(title).is_some_and(|w| w.surface.frames_shown >= n);
+    cohere.wait("weston-simple-dmabuf-egl's window shown", |s| shown(s, 1))?;
+    // What vkms shows keeps changing: its CRCs (of the whole screen, planes blended) differ
+    // from frame to frame while cohere shows the client.
+    let mut crcs = std::collections::BTreeSet::new();
+    crate::cohere::wait_for("three different screens of the animated client", || {
+        let batch = cohere.readback(VKMS_OUTPUT, || {
+            let card = Card::open_driver("vkms").check("vkms")?;
+            cohere::testkit::vkms::Vkms::new(&card).check("vkms")?.crcs(3).check("crc")
+        })?;
+        crcs.extend(batch);
+        if crcs.len() >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{} distinct CRCs", crcs.len()))
+        }
+    })?;
+    let later = cohere.wait("statistics", |_| true)?;
+    let stopped = cohere.stop()?;
+    if !later.renderer.starts_with("render (gles") {
+        return Err(format!("renderer {:?}", later.renderer));
+    }
+    let plan = window_plan(&stopped.stats, title)?;
+    ensure_eq!(plan.path(Access::Sample), Some(PlanPath::Direct), "the GLES renderer reads its buffers itself: {plan:?}");
+    ensure_eq!(stopped.stats.bytes_copied, 0, "bytes copied");
+    Ok(())
+}

@@ -7,7 +7,7 @@ set -euo pipefail
 # third-party test clients, and what the VM tier needs to boot a kernel (and GStreamer, the
 # camera client of its vivid tests).
 COHERE_BUILD_PKGS=(pkg-config build-essential libudev-dev libseat-dev libinput-dev libgbm-dev
-  libxkbcommon-dev libpixman-1-dev libwayland-dev)
+  libxkbcommon-dev libpixman-1-dev libwayland-dev libwayland-bin)
 COHERE_RUN_PKGS=(libegl1 libegl-mesa0 libgl1-mesa-dri weston wayland-utils)
 COHERE_VM_PKGS=(qemu-system-x86 busybox-static cpio kmod xz-utils udev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)

@@ -94,6 +94,16 @@ pub struct Options {
     /// Write the live statistics here (every [`crate::stats::INTERVAL`] and at exit) and keep
     /// the file. `None`: next to the listening socket, removed at exit (see [`crate::stats`]).
     pub stats_file: Option<PathBuf>,
+    /// cohere-buffer-path-v1, which tells clients which path their buffers take.
+    pub buffer_path: Offer,
+}
+
+/// Whether one of cohere's optional protocols is offered to clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Offer {
+    #[default]
+    Offered,
+    NotOffered,
 }
 
 /// Why [`Compositor::run`] returned.
@@ -187,7 +197,7 @@ impl Compositor<Headless> {
             outputs.push((core.add_output(&format!("HEADLESS-{}", i + 1), *config, "headless"), *config));
         }
         let mut state = State { backend, core };
-        state.core.offer_explicit_sync(&state.backend.coherency.machine);
+        state.offer_globals(&options);
         for (output, _) in &outputs {
             state.backend.add_output(output)?;
         }
@@ -255,6 +265,7 @@ fn headless_frame(state: &mut State<Headless>, output: &Output, interval: Durati
     }
     let seq = state.core.counters.frames;
     finish_frame(&mut state.core, output, &report.states, presented, interval, seq);
+    state.publish_output_paths(output);
 
     if state.core.primary_output() != Some(output) {
         return;
@@ -358,26 +369,32 @@ impl<B: Backend> Compositor<B> {
     /// Handles signals the way a user of the `cohere` binary expects: SIGTERM and SIGINT stop
     /// [`Compositor::run`] cleanly with [`Exit::Terminated`] (the launched app is terminated,
     /// the last statistics written); SIGUSR1 writes a screenshot of the primary output's next
-    /// frame to the `--screenshot` file (headless). An embedder that handles signals itself
+    /// frame to the `--screenshot` file (headless); SIGHUP reads the quirk database and the
+    /// overrides again ([`State::reload_coherency`]). An embedder that handles signals itself
     /// doesn't call this.
     pub fn handle_signals(&mut self) -> Result<(), StartError> {
-        self.on_signals(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT], |control| {
+        self.on_signals(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT], |state| {
             tracing::info!("termination signal: stopping");
-            if control.exit.is_none() {
-                control.exit = Some(Exit::Terminated);
+            if state.core.control.exit.is_none() {
+                state.core.control.exit = Some(Exit::Terminated);
             }
         })?;
-        self.on_signals(&[signal_hook::consts::SIGUSR1], |control| {
-            if control.screenshot.is_some() {
-                control.screenshot_asked = true;
+        self.on_signals(&[signal_hook::consts::SIGUSR1], |state| {
+            if state.core.control.screenshot.is_some() {
+                state.core.control.screenshot_asked = true;
             } else {
                 tracing::warn!("SIGUSR1: no --screenshot file to write to");
             }
+        })?;
+        self.on_signals(&[signal_hook::consts::SIGHUP], |state| match state.reload_coherency() {
+            Ok(()) => tracing::info!("SIGHUP: configuration reloaded, plans recomputed"),
+            // A broken file leaves the running configuration in place.
+            Err(err) => tracing::error!(%err, "SIGHUP: configuration not reloaded"),
         })
     }
 
     /// Runs `then` on the event loop whenever one of `signals` arrives (a self-pipe).
-    fn on_signals(&mut self, signals: &[i32], then: fn(&mut Control)) -> Result<(), StartError> {
+    fn on_signals(&mut self, signals: &[i32], then: fn(&mut State<B>)) -> Result<(), StartError> {
         let (read, write) = UnixStream::pair().map_err(StartError::Signals)?;
         read.set_nonblocking(true).map_err(StartError::Signals)?;
         for &signal in signals {
@@ -391,7 +408,7 @@ impl<B: Backend> Compositor<B> {
                 let mut buf = [0u8; 16];
                 // SAFETY: the stream stays registered with the loop; reading doesn't close it.
                 while std::io::Read::read(unsafe { read.get_mut() }, &mut buf).is_ok_and(|n| n > 0) {}
-                then(&mut state.core.control);
+                then(state);
                 Ok(PostAction::Continue)
             })
             .map_err(|e| StartError::EventLoop(e.error))?;

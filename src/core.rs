@@ -188,6 +188,10 @@ pub struct Core<B: Backend> {
     pub releases: crate::path::release::Releases,
     /// linux-drm-syncobj-v1, where a device supports it.
     pub syncobj: Option<crate::sync::explicit::SyncobjState>,
+    /// Where the quirk database and overrides come from, to read them again (SIGHUP).
+    pub(crate) coherency_options: crate::coherency::CoherencyOptions,
+    /// cohere-buffer-path-v1, unless turned off.
+    pub buffer_path: Option<crate::buffer_path::BufferPathState>,
 }
 
 impl<B: Backend> Core<B> {
@@ -259,6 +263,8 @@ impl<B: Backend> Core<B> {
             stats: None,
             releases: Default::default(),
             syncobj: None,
+            buffer_path: None,
+            coherency_options: Default::default(),
         }
     }
 
@@ -289,6 +295,11 @@ impl<B: Backend> Core<B> {
             self.releases.output_gone(output);
             tracing::info!(output = output.name(), "output removed");
         }
+    }
+
+    /// Offers cohere-buffer-path-v1, which tells clients which path their buffers take.
+    pub fn offer_buffer_path(&mut self) {
+        self.buffer_path = Some(crate::buffer_path::BufferPathState::new::<State<B>>(&self.display_handle));
     }
 
     /// Offers linux-drm-syncobj-v1 on the device the machine facts found for it (timeline
@@ -329,6 +340,7 @@ impl<B: Backend> Core<B> {
     pub(crate) fn surface_copied(&mut self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface, bytes: u64) {
         self.counters.cpu_copies += 1;
         self.counters.bytes_copied += bytes;
+        crate::paths::record_copy(surface, bytes);
         if let Some(output) = self.outputs_showing(surface).into_iter().next() {
             self.counters_of(&output).bytes_copied += bytes;
         }

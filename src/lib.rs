@@ -27,6 +27,7 @@
 //! ```
 
 pub mod backend;
+pub mod buffer_path;
 pub mod coherency;
 mod commit;
 pub mod compositor;
@@ -35,6 +36,7 @@ pub mod cursor;
 pub mod import;
 mod input;
 pub mod path;
+mod paths;
 pub mod render;
 pub mod shell;
 mod state;
@@ -52,7 +54,7 @@ pub use backend::drm::Drm;
 pub use backend::headless::Headless;
 pub use backend::renderer::{RendererDecision, RendererKind, RendererPreference};
 pub use backend::Backend;
-pub use compositor::{Compositor, Exit, FramePacing, Options, ScreenshotRequest, SocketChoice, StartError};
+pub use compositor::{Compositor, Exit, FramePacing, Offer, Options, ScreenshotRequest, SocketChoice, StartError};
 pub use core::{Core, Counters, OutputConfig, OutputCounters};
 pub use render::Screenshot;
 pub use shell::ShellMode;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cohere::coherency::{self, CoherencyOptions, ProbeOptions, RendererChoice};
-use cohere::{Backend, Compositor, Exit, Options, OutputConfig, RendererPreference, ScreenshotRequest, ShellMode, SocketChoice};
+use cohere::{Backend, Compositor, Exit, Offer, Options, OutputConfig, RendererPreference, ScreenshotRequest, ShellMode, SocketChoice};
 
 #[derive(Debug, Parser)]
 #[command(name = "cohere", version, about = "Wayland compositor that shows client dma-bufs through the cheapest coherent path")]
@@ -126,6 +126,10 @@ struct RunArgs {
     /// [default: $XDG_RUNTIME_DIR/<socket>.cohere-stats.json, removed at exit].
     #[arg(long, value_name = "FILE", env = "COHERE_STATS")]
     stats: Option<PathBuf>,
+    /// Don't offer cohere-buffer-path-v1 (protocols/cohere-buffer-path-v1.xml), which tells
+    /// clients which path their buffers take and why.
+    #[arg(long)]
+    no_buffer_path: bool,
     #[command(flatten)]
     coherency: CoherencyArgs,
     /// App to launch with WAYLAND_DISPLAY set.
@@ -336,6 +340,7 @@ fn options(cli: &RunArgs) -> anyhow::Result<Options> {
         coherency: cli.coherency.options(),
         drm_device: cli.drm_device.clone(),
         stats_file: cli.stats.clone(),
+        buffer_path: if cli.no_buffer_path { Offer::NotOffered } else { Offer::Offered },
         ..Options::default()
     })
 }

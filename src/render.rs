@@ -141,6 +141,7 @@ fn surface_tree_elements<R>(
                 return;
             }
             if fenced_since_commit(states) {
+                crate::paths::record_withheld(states);
                 return;
             }
             match WaylandSurfaceRenderElement::from_surface(renderer, surface, states, location, 1.0, Kind::Unspecified) {
@@ -209,6 +210,10 @@ pub fn finish_frame<B: Backend>(
             if shown {
                 let counter = surface_states.data_map.get_or_insert_threadsafe(crate::core::FramesShown::default);
                 counter.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // What this frame did with the surface, on the output it is mainly shown on.
+            if surface_primary_scanout_output(surface, surface_states).as_ref() == Some(output) {
+                crate::paths::record_frame(surface, surface_states, states, output);
             }
         });
         if core.space.outputs_for_element(window).contains(output) {

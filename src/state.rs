@@ -59,6 +59,35 @@ impl<B: Backend> CompositorHandler for State<B> {
         crate::shell::ensure_initial_configure(self, surface);
         self.core.popups.commit(surface);
         self.backend.surface_committed(surface);
+        self.publish_paths([surface]);
+        self.backend.schedule_redraw();
+    }
+}
+
+impl<B: Backend> State<B> {
+    /// Offers the globals `options` ask for that need the backend's facts.
+    pub(crate) fn offer_globals(&mut self, options: &crate::Options) {
+        self.core.offer_explicit_sync(&self.backend.coherency().machine);
+        if options.buffer_path == crate::compositor::Offer::Offered {
+            self.core.offer_buffer_path();
+        }
+        self.core.coherency_options = options.coherency.clone();
+    }
+
+    /// Reads the quirk database and the user's overrides again and plans every live buffer
+    /// again with them: buffers are marked for planes anew, and clients that observe their
+    /// buffer paths are told what changed. On an error nothing changes.
+    pub fn reload_coherency(&mut self) -> Result<(), crate::coherency::QuirkError> {
+        let quirks = self.core.coherency_options.load()?;
+        self.backend.coherency_mut().reload(quirks);
+        self.plans_changed();
+        Ok(())
+    }
+
+    /// Every live buffer's plan changed (configuration reload, hotplug).
+    pub(crate) fn plans_changed(&mut self) {
+        self.backend.plans_changed();
+        self.publish_all_paths();
         self.backend.schedule_redraw();
     }
 }

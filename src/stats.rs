@@ -82,6 +82,12 @@ pub struct Stats {
     pub releases: Vec<ReleaseStats>,
     /// Buffers (applied commits) not released yet.
     pub buffers_held: u64,
+    /// Times SIGHUP (or an embedder) reloaded the quirk database and overrides.
+    #[serde(default)]
+    pub config_reloads: u64,
+    /// Batches of cohere-buffer-path-v1 events sent (`None`: not offered).
+    #[serde(default)]
+    pub buffer_path_batches: Option<u64>,
 }
 
 /// Releases on one path.
@@ -262,6 +268,8 @@ impl Stats {
             timelines_alive: core.syncobj.as_ref().map_or(0, |s| s.device().timelines_alive()),
             releases: core.releases.counters.iter().map(|(&path, &counter)| ReleaseStats { path, counter }).collect(),
             buffers_held: core.releases.pending() as u64,
+            config_reloads: coherency.reloads,
+            buffer_path_batches: core.buffer_path.as_ref().map(|b| b.batches_sent),
         }
     }
 

@@ -7,8 +7,9 @@ use std::process::Command;
 
 use cohere::coherency::{
     plan, probe, report::Report, BufferPlan, ConsumerFacts, ConsumerId, ConsumerPlan, DeviceId, ExporterFacts, Fact, MachineFacts,
-    MemoryType, Path, PlanCounters, ProbeOptions, Quirks, RendererChoice, RendererFacts, Source,
+    MemoryType, Path, PlanCounters, ProbeOptions, Quirks, RendererChoice, RendererFacts, Source, Why,
 };
+use cohere::coherency::{plan_hints, Hint};
 use proptest::prelude::*;
 
 fn fixture(machine: &str) -> PathBuf {
@@ -29,7 +30,8 @@ fn natural(name: &str) -> MachineFacts {
 
 const SOURCES: [&str; 5] = ["udmabuf", "system", "drm", "videobuf2_vmalloc", "videobuf2_dma_contig"];
 
-/// "exporter | consumer | path | reason" for every source on `machine`.
+/// "exporter | consumer | path | why | reason" for every source on `machine`, then the hints
+/// for the client.
 fn table(name: &str) -> String {
     let quirks = Quirks::builtin().expect("database");
     let m = natural(name);
@@ -38,10 +40,13 @@ fn table(name: &str) -> String {
         let facts = ExporterFacts::lookup(Fact::new(exporter.into(), Source::Fdinfo), &quirks);
         let plan = BufferPlan::compute(&facts, &m);
         for (consumer, d) in plan.decisions() {
-            rows.push(format!("{exporter:<18} | {consumer:<26} | {:<21} | {}", d.path.to_string(), d.reason));
+            rows.push(format!("{exporter:<18} | {consumer:<26} | {:<21} | {:<19} | {}", d.path.to_string(), d.why.to_string(), d.reason));
         }
         if let Some(why) = plan.rejection() {
             rows.push(format!("{exporter:<18} | REJECTED: {why}"));
+        }
+        for advice in plan_hints(&facts, &m, &plan) {
+            rows.push(format!("{exporter:<18} | hint {advice}"));
         }
     }
     rows.join("\n")
@@ -245,6 +250,15 @@ proptest! {
                 prop_assert!(c.id == RENDER || !render.path.reads_buffer());
             }
             prop_assert!(!d.reason.is_empty());
+            // The deciding fact, as data, agrees with the path.
+            match d.path {
+                Path::Direct => prop_assert_eq!(d.why, Why::Coherent),
+                Path::DirectWithMaintenance => prop_assert_eq!(d.why, Why::NotCoherentWithSync),
+                _ => prop_assert_ne!(d.why, Why::Coherent),
+            }
+            if !c.imports_foreign.value && c.id != ConsumerId::Cpu {
+                prop_assert_eq!(d.why, Why::CannotImport);
+            }
         }
         // The buffer is rejected only when every consumer rejects.
         let of = |c: &ConsumerFacts, d: &cohere::coherency::Decision| ConsumerPlan { consumer: c.id, label: c.name.clone(), decision: d.clone() };
@@ -301,4 +315,59 @@ fn renaming_consumer_labels_changes_no_decision() {
         }
         assert_eq!(before, after, "{name}: plan counters");
     }
+}
+
+/// Every hint on every fixture machine, for every database exporter in every kind of memory,
+/// names a change that makes the plan cheaper: planning the buffer again with the change made
+/// gives a cheaper path where the hint says.
+#[test]
+fn every_hint_makes_the_plan_cheaper() {
+    let quirks = Quirks::builtin().expect("database");
+    let cost =
+        |p: Path| [Path::Direct, Path::DirectWithMaintenance, Path::Composite, Path::CpuCopy, Path::Reject].iter().position(|q| *q == p);
+    let mut seen = std::collections::HashSet::new();
+    for name in ["x86-laptop", "imx8", "rpi", "vm"] {
+        let m = natural(name);
+        for exporter in quirks.exporters() {
+            for memory in [MemoryType::Cached, MemoryType::WriteCombined, MemoryType::Uncached, MemoryType::Device, MemoryType::DmaCoherent]
+            {
+                let mut facts = ExporterFacts::lookup(Fact::new(exporter.clone(), Source::Fdinfo), &quirks);
+                facts.memory = Fact::new(memory, Source::Fdinfo);
+                let plan = BufferPlan::compute(&facts, &m);
+                let with = |memory: MemoryType| {
+                    let mut f = facts.clone();
+                    f.memory = Fact::new(memory, Source::Fdinfo);
+                    BufferPlan::compute(&f, &m)
+                };
+                for advice in plan_hints(&facts, &m, &plan) {
+                    let what = format!("{name} {exporter} {memory}: {advice}");
+                    seen.insert(std::mem::discriminant(&advice.hint));
+                    match advice.hint {
+                        Hint::AllocateFromScanoutDevice(d) => {
+                            let decision = plan.decision(ConsumerId::Scanout(d)).expect(&what);
+                            assert_eq!(decision.why, Why::CannotImport, "{what}");
+                            assert_ne!(decision.path, Path::Direct, "{what}");
+                        }
+                        Hint::AllocateWriteCombined => {
+                            let other = with(MemoryType::WriteCombined);
+                            assert!(
+                                plan.scanout.iter().any(|s| cost(other.decision(s.consumer).expect(&what).path) < cost(s.path())),
+                                "{what}"
+                            );
+                        }
+                        Hint::AllocateCached => {
+                            let other = with(MemoryType::Cached);
+                            assert!(cost(other.render.path()) < cost(plan.render.path()), "{what}");
+                            assert!(
+                                plan.consumers().all(|c| cost(other.decision(c.consumer).expect(&what).path) <= cost(c.path())),
+                                "{what}"
+                            );
+                        }
+                        Hint::UseScanoutTranche(_) | Hint::UseDifferentFormat(_) => panic!("{what}: format hints come from frames"),
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(seen.len(), 3, "every plan hint was exercised");
 }

@@ -255,5 +255,9 @@ impl Backend for Headless {
         &self.coherency
     }
 
+    fn coherency_mut(&mut self) -> &mut CoherencyState {
+        &mut self.coherency
+    }
+
     fn schedule_redraw(&mut self) {}
 }

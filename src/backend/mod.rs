@@ -12,6 +12,11 @@ pub trait Backend: Sized + 'static {
 
     /// The coherency model as this backend holds it (facts, plans, counters).
     fn coherency(&self) -> &crate::coherency::CoherencyState;
+    fn coherency_mut(&mut self) -> &mut crate::coherency::CoherencyState;
+
+    /// Every live buffer's plan changed (hotplug, a configuration reload): backends with
+    /// displays let buffers onto their planes anew.
+    fn plans_changed(&mut self) {}
 
     /// A surface committed (maybe a new buffer, so a new plan): backends with displays update
     /// the surface's dma-buf feedback here.

@@ -6,6 +6,7 @@
 
 pub mod facts;
 pub mod fdinfo;
+pub mod hint;
 pub mod plan;
 pub mod probe;
 pub mod quirks;
@@ -15,7 +16,8 @@ pub use facts::{
     Access, ConsumerFacts, ConsumerId, DeviceFacts, DeviceId, ExporterFacts, Fact, MachineFacts, MemoryType, RendererFacts, Source,
 };
 pub use fdinfo::{DmabufFdInfo, FdInfoError};
-pub use plan::{plan, BufferPlan, ConsumerPlan, Decision, Path};
+pub use hint::{plan_hints, scanout_format_hint, Advice, Hint};
+pub use plan::{plan, BufferPlan, ConsumerPlan, Decision, Path, Why};
 pub use probe::{probe, ProbeOptions, RendererChoice};
 pub use quirks::{Layer, QuirkError, Quirks};
 
@@ -77,6 +79,17 @@ struct Entry {
 }
 
 impl Entry {
+    fn new(dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf, exporter: ExporterFacts, machine: &MachineFacts) -> Self {
+        let plan = BufferPlan::compute(&exporter, machine);
+        Self { buffer: dmabuf.weak(), exporter, render_import_failed: None, plan }
+    }
+
+    /// Plans the buffer again against `machine` (with the renderer left out when it couldn't
+    /// import the buffer).
+    fn replan(&mut self, machine: &MachineFacts) {
+        self.plan = BufferPlan::compute(&self.exporter, &self.machine(machine));
+    }
+
     fn machine<'a>(&self, machine: &'a MachineFacts) -> std::borrow::Cow<'a, MachineFacts> {
         match &self.render_import_failed {
             Some(why) => std::borrow::Cow::Owned(machine.without_render_import(why.clone())),
@@ -86,9 +99,14 @@ impl Entry {
 }
 
 impl PlanCache {
-    pub fn insert(&mut self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf, exporter: ExporterFacts, plan: BufferPlan) {
+    /// Plans `dmabuf`, a buffer from `exporter`, on `machine` and keeps the plan.
+    pub fn insert(&mut self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf, exporter: ExporterFacts, machine: &MachineFacts) {
+        self.push(Entry::new(dmabuf, exporter, machine));
+    }
+
+    fn push(&mut self, entry: Entry) {
         self.prune();
-        self.entries.push(Entry { buffer: dmabuf.weak(), exporter, render_import_failed: None, plan });
+        self.entries.push(entry);
     }
 
     fn entry_mut(&mut self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<&mut Entry> {
@@ -99,6 +117,21 @@ impl PlanCache {
     pub fn get(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<&BufferPlan> {
         let weak = dmabuf.weak();
         self.entries.iter().find(|e| e.buffer == weak).map(|e| &e.plan)
+    }
+
+    /// `dmabuf`'s plan for the displays among `displays` only (those a compositor drives),
+    /// and what the client could change about it ([`hint::plan_hints`]), when it has a plan.
+    pub fn plan_for_displays(
+        &self,
+        dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf,
+        machine: &MachineFacts,
+        displays: &[DeviceId],
+    ) -> Option<(BufferPlan, Vec<Advice>)> {
+        let weak = dmabuf.weak();
+        let entry = self.entries.iter().find(|e| e.buffer == weak)?;
+        let plan = entry.plan.for_displays(displays);
+        let hints = plan_hints(&entry.exporter, &entry.machine(machine), &plan);
+        Some((plan, hints))
     }
 
     /// How the renderer gets `dmabuf`'s pixels, when it has a plan.
@@ -115,6 +148,11 @@ impl PlanCache {
         self.entries.len()
     }
 
+    /// The buffers alive now, with their plans.
+    pub fn live(&self) -> impl Iterator<Item = (smithay::backend::allocator::dmabuf::Dmabuf, &BufferPlan)> {
+        self.entries.iter().filter_map(|e| Some((e.buffer.upgrade()?, &e.plan)))
+    }
+
     /// The plans of the buffers alive now.
     pub fn live_plans(&self) -> impl Iterator<Item = &BufferPlan> {
         self.entries.iter().filter(|e| e.buffer.upgrade().is_some()).map(|e| &e.plan)
@@ -128,7 +166,17 @@ impl PlanCache {
     pub fn recompute(&mut self, machine: &MachineFacts) {
         self.prune();
         for entry in &mut self.entries {
-            entry.plan = BufferPlan::compute(&entry.exporter, &entry.machine(machine));
+            entry.replan(machine);
+        }
+    }
+
+    /// Looks every live buffer's exporter up again in `quirks` (after a reload of the
+    /// configuration), then recomputes its plan.
+    pub fn reload(&mut self, machine: &MachineFacts, quirks: &Quirks) {
+        self.prune();
+        for entry in &mut self.entries {
+            entry.exporter = ExporterFacts::lookup(entry.exporter.name.clone(), quirks);
+            entry.replan(machine);
         }
     }
 }
@@ -179,6 +227,8 @@ pub struct CoherencyState {
     pub counters: PlanCounters,
     /// Times [`CoherencyState::devices_changed`] probed again.
     pub reprobes: u64,
+    /// Times [`CoherencyState::reload`] took a new configuration.
+    pub reloads: u64,
     probe_options: ProbeOptions,
 }
 
@@ -192,6 +242,7 @@ impl CoherencyState {
             plans: PlanCache::default(),
             counters: PlanCounters::default(),
             reprobes: 0,
+            reloads: 0,
             probe_options: probe_options.clone(),
         }
     }
@@ -204,6 +255,17 @@ impl CoherencyState {
         self.plans.recompute(&self.machine);
         self.reprobes += 1;
         tracing::info!(buffers = self.plans.len(), "plans recomputed after a device change");
+    }
+
+    /// A new quirk database and overrides: probe the machine again with them, look every live
+    /// buffer's exporter up again and recompute its plan.
+    pub fn reload(&mut self, quirks: Quirks) {
+        self.quirks = quirks;
+        self.machine = probe(&self.probe_options, &self.quirks);
+        Self::log_facts(&self.machine);
+        self.plans.reload(&self.machine, &self.quirks);
+        self.reloads += 1;
+        tracing::info!(buffers = self.plans.len(), "plans recomputed with the reloaded configuration");
     }
 
     fn log_facts(machine: &MachineFacts) {
@@ -221,8 +283,9 @@ impl CoherencyState {
         let fd = dmabuf.handles().next().ok_or("a dma-buf without planes")?;
         let info = DmabufFdInfo::read(fd).map_err(|e| e.to_string())?;
         let exporter = ExporterFacts::from_fdinfo(&info, &self.quirks);
-        let plan = BufferPlan::compute(&exporter, &self.machine);
-        self.counters.record(&plan);
+        let entry = Entry::new(dmabuf, exporter, &self.machine);
+        let plan = &entry.plan;
+        self.counters.record(plan);
         let format = smithay::backend::allocator::Buffer::format(dmabuf);
         let reasons: Vec<String> = plan.decisions().map(|(c, d)| format!("{c}: {d}")).collect();
         tracing::debug!(
@@ -232,7 +295,7 @@ impl CoherencyState {
         if let Some(why) = plan.rejection() {
             return Err(why);
         }
-        self.plans.insert(dmabuf, exporter, plan);
+        self.plans.push(entry);
         self.plans.get(dmabuf).ok_or_else(|| "plan cache lost the entry".into())
     }
 
@@ -247,8 +310,9 @@ impl CoherencyState {
         let machine = &self.machine;
         let Some(entry) = self.plans.entry_mut(dmabuf) else { return Err("the buffer has no plan".into()) };
         entry.render_import_failed = Some(why);
-        let plan = BufferPlan::compute(&entry.exporter, &entry.machine(machine));
-        let old = std::mem::replace(&mut entry.plan, plan.clone());
+        let old = entry.plan.clone();
+        entry.replan(machine);
+        let plan = entry.plan.clone();
         self.counters.unrecord(&old);
         self.counters.record(&plan);
         tracing::debug!(plan = %plan, "buffer planned again: the renderer can't import it");
@@ -284,7 +348,7 @@ mod tests {
         let dmabuf = builder.build().unwrap();
         let exporter = ExporterFacts::lookup(Fact::new("udmabuf".into(), Source::Fdinfo), &quirks);
         let mut cache = PlanCache::default();
-        cache.insert(&dmabuf, exporter.clone(), BufferPlan::compute(&exporter, &vm(&quirks)));
+        cache.insert(&dmabuf, exporter, &vm(&quirks));
         assert_eq!(scanout_vkms(cache.get(&dmabuf).unwrap()), Path::Direct);
 
         // The same machine, but vkms now known not to snoop (as after a hotplug re-probe).

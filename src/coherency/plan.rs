@@ -53,10 +53,37 @@ impl fmt::Display for Path {
     }
 }
 
+/// The fact that decided a path, as data: what a client can act on (the buffer-path protocol
+/// sends it), where [`Decision::reason`] says it in words with each fact's source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Why {
+    /// The consumer reads this memory coherently: nothing stands in the way of Direct.
+    Coherent,
+    /// The consumer can't import dma-bufs from this exporter.
+    CannotImport,
+    /// The consumer doesn't snoop CPU caches; the exporter's SYNC makes the buffer safe.
+    NotCoherentWithSync,
+    /// The consumer doesn't snoop CPU caches and the exporter can't sync attachments.
+    NotCoherentNoSync,
+    /// A CPU renderer would read GPU, write-combined or uncached memory on every repaint.
+    CpuRendererUncached,
+    /// The CPU can't map the buffer.
+    NotMappable,
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
 /// A path and the reason for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub path: Path,
+    /// The deciding fact.
+    pub why: Why,
+    /// The reason in words, naming where each fact came from.
     pub reason: String,
 }
 
@@ -66,8 +93,8 @@ impl fmt::Display for Decision {
     }
 }
 
-fn decide(path: Path, reason: impl Into<String>) -> Decision {
-    Decision { path, reason: reason.into() }
+fn decide(path: Path, why: Why, reason: impl Into<String>) -> Decision {
+    Decision { path, why, reason: reason.into() }
 }
 
 /// The decision for one consumer. `render` is the renderer's decision, needed to know whether
@@ -77,58 +104,62 @@ pub fn plan(exporter: &ExporterFacts, consumer: &ConsumerFacts, render: Option<&
     let access = consumer.id.access();
     if access == Access::CpuRead {
         return if exporter.cpu_mappable.value {
-            decide(Path::Direct, format!("{exp} buffers can be mapped; reads are bracketed by DMA_BUF_IOCTL_SYNC"))
+            decide(Path::Direct, Why::Coherent, format!("{exp} buffers can be mapped; reads are bracketed by DMA_BUF_IOCTL_SYNC"))
         } else {
-            decide(Path::Reject, format!("{exp} buffers can't be mapped by the CPU"))
+            decide(Path::Reject, Why::NotMappable, format!("{exp} buffers can't be mapped by the CPU"))
         };
     }
     let mem = &exporter.memory;
-    let why_not_direct = if !consumer.imports_foreign.value {
-        format!("{} can't import dma-bufs from other exporters ({})", consumer.name, consumer.imports_foreign.source)
+    let (why, words) = if !consumer.imports_foreign.value {
+        (Why::CannotImport, format!("{} can't import dma-bufs from other exporters ({})", consumer.name, consumer.imports_foreign.source))
     } else {
         match mem.value {
             MemoryType::Device | MemoryType::WriteCombined | MemoryType::Uncached if consumer.through_cpu => {
-                format!("{exp} memory is {mem}; {} reads through the CPU on every repaint", consumer.name)
+                (Why::CpuRendererUncached, format!("{exp} memory is {mem}; {} reads through the CPU on every repaint", consumer.name))
             }
             MemoryType::Device => {
-                return decide(Path::Direct, format!("{exp} is GPU memory ({}), allocated per dma-buf feedback", mem.source))
+                return decide(Path::Direct, Why::Coherent, format!("{exp} is GPU memory ({}), allocated per dma-buf feedback", mem.source))
             }
             MemoryType::WriteCombined | MemoryType::Uncached => {
-                return decide(Path::Direct, format!("{exp} memory is {mem}: no CPU cache to flush"))
+                return decide(Path::Direct, Why::Coherent, format!("{exp} memory is {mem}: no CPU cache to flush"))
             }
             // Unresolved DMA-coherent memory (see `ExporterFacts::on`) is read as cached, the
             // conservative reading.
             MemoryType::Cached | MemoryType::DmaCoherent if consumer.snoops.value => {
                 return decide(
                     Path::Direct,
+                    Why::Coherent,
                     format!("{exp} memory is cached ({}); {} is cache-coherent ({})", mem.source, consumer.name, consumer.snoops.source),
                 )
             }
             MemoryType::Cached | MemoryType::DmaCoherent if exporter.syncs_attachments.value => {
                 return decide(
                     Path::DirectWithMaintenance,
+                    Why::NotCoherentWithSync,
                     format!(
                         "{exp} memory is cached ({}); {} doesn't snoop ({}); {exp} syncs attachments on DMA_BUF_IOCTL_SYNC ({})",
                         mem.source, consumer.name, consumer.snoops.source, exporter.syncs_attachments.source
                     ),
                 )
             }
-            MemoryType::Cached | MemoryType::DmaCoherent => format!(
-                "{exp} memory is cached ({}); {} doesn't snoop ({}); {exp} can't sync attachments ({})",
-                mem.source, consumer.name, consumer.snoops.source, exporter.syncs_attachments.source
+            MemoryType::Cached | MemoryType::DmaCoherent => (
+                Why::NotCoherentNoSync,
+                format!(
+                    "{exp} memory is cached ({}); {} doesn't snoop ({}); {exp} can't sync attachments ({})",
+                    mem.source, consumer.name, consumer.snoops.source, exporter.syncs_attachments.source
+                ),
             ),
         }
     };
-    let why = why_not_direct;
     if access == Access::Scanout {
         if let Some(r) = render.filter(|r| r.path.reads_buffer()) {
-            return decide(Path::Composite, format!("{why}; the renderer reads it ({})", r.path));
+            return decide(Path::Composite, why, format!("{words}; the renderer reads it ({})", r.path));
         }
     }
     if exporter.cpu_mappable.value {
-        decide(Path::CpuCopy, format!("{why}; a SYNC-bracketed CPU copy"))
+        decide(Path::CpuCopy, why, format!("{words}; a SYNC-bracketed CPU copy"))
     } else {
-        decide(Path::Reject, format!("{why}; and it can't be mapped for a CPU copy"))
+        decide(Path::Reject, why, format!("{words}; and it can't be mapped for a CPU copy"))
     }
 }
 
@@ -171,6 +202,13 @@ impl BufferPlan {
         let cpu_consumer = MachineFacts::cpu_consumer();
         let cpu = ConsumerPlan::new(&cpu_consumer, plan(exporter, &cpu_consumer, None));
         Self { exporter: exporter.name.value.clone(), render: ConsumerPlan::new(&render_consumer, render), scanout, cpu }
+    }
+
+    /// The plan with only the displays in `displays` (the ones a compositor drives).
+    pub fn for_displays(&self, displays: &[DeviceId]) -> BufferPlan {
+        let mut plan = self.clone();
+        plan.scanout.retain(|c| matches!(c.consumer, ConsumerId::Scanout(d) if displays.contains(&d)));
+        plan
     }
 
     /// `Some(reason)` when no consumer can show the buffer: it gets `failed` at import.

@@ -288,8 +288,13 @@ pub fn summary(s: &Stats) -> String {
         out += &format!("window {:?} focused {} shown {} buffer {:?}; ", w.title, w.focused, w.surface.frames_shown, w.surface.buffer);
     }
     out += &format!(
-        "copies {} bytes {} fence waits {} waiting {}",
-        s.cpu_copies, s.bytes_copied, s.commits_held_for_fences, s.commits_waiting
+        "copies {} bytes {} fence waits {} waiting {} buffers held {} releases {:?}",
+        s.cpu_copies,
+        s.bytes_copied,
+        s.commits_held_for_fences,
+        s.commits_waiting,
+        s.buffers_held,
+        s.releases.iter().map(|r| (r.path, r.counter.releases)).collect::<Vec<_>>()
     );
     out
 }
@@ -311,6 +316,19 @@ pub struct ClientReport {
     pub release1_signalled: Option<bool>,
     /// Frame callbacks received (COHERE_CLIENT_CALLBACKS).
     pub callbacks: u64,
+    /// Presentation feedbacks that carried the zero_copy flag.
+    #[serde(default)]
+    pub zero_copy_presented: u32,
+    /// cohere-buffer-path-v1 batches for its surface, each as its readable transcript.
+    #[serde(default)]
+    pub buffer_path: Vec<String>,
+}
+
+impl ClientReport {
+    /// The newest buffer-path batch, or "" before the first.
+    pub fn last_batch(&self) -> &str {
+        self.buffer_path.last().map_or("", String::as_str)
+    }
 }
 
 impl ClientReport {

@@ -16,8 +16,10 @@
 //!   milliseconds, or until FILE exists; the client keeps talking to the compositor meanwhile;
 //! - `COHERE_CLIENT_THEN=disconnect`: instead of signalling, close the connection and stay alive
 //!   (holding the fence) until cohere terminates it;
-//! - `COHERE_CLIENT_FRAMES=K`: K more full frames, alternating the two images, each waiting for
+//! - `COHERE_CLIENT_FRAMES=K`: K more full frames, alternating the two buffers, each waiting for
 //!   its presentation;
+//! - `COHERE_CLIENT_REWRITE=1`: in those frames, each buffer is rewritten once the compositor
+//!   released it, frame k with [`frame_image`]`(k)`, as a real client reuses its buffers;
 //! - `COHERE_CLIENT_CALLBACKS=1`: then commit on every frame callback forever, counting them.
 
 use std::os::fd::AsFd;
@@ -36,7 +38,7 @@ use wayland_protocols::wp::linux_drm_syncobj::v1::client::{wp_linux_drm_syncobj_
 
 use crate::client::TestClient;
 use crate::cohere::ClientReport;
-use crate::tests::{alt_image, test_image, Check};
+use crate::tests::{alt_image, frame_image, test_image, Check};
 
 pub const CLIENT_MODE: &str = "--cohere-udmabuf-client";
 pub const CLIENT_SIZE: (i32, i32) = (256, 128);
@@ -70,6 +72,25 @@ impl Reporter {
             Some(path) => self.report.write(path),
             None => Ok(()),
         }
+    }
+
+    /// Reports buffer-path batches and zero-copy presentations that arrived since the last call.
+    fn observe(&mut self, client: &TestClient) -> Result<(), String> {
+        let batches = &client.state.path_batches;
+        let zero_copy = client
+            .state
+            .presentations
+            .iter()
+            .filter(|(_, p)| matches!(p, crate::client::Presentation::Presented { zero_copy: true, .. }))
+            .count() as u32;
+        if batches.len() == self.report.buffer_path.len() && zero_copy == self.report.zero_copy_presented {
+            return Ok(());
+        }
+        let texts: Vec<String> = batches.iter().map(|b| b.to_string()).collect();
+        self.update(|r| {
+            r.buffer_path = texts;
+            r.zero_copy_presented = zero_copy;
+        })
     }
 }
 
@@ -122,6 +143,8 @@ struct Client {
     buffers: Vec<(MappedDmabuf, WlBuffer)>,
     explicit: Option<Explicit>,
     release_points: Vec<Option<cohere::sync::syncobj::SyncPoint>>,
+    /// Commits of each buffer so far.
+    commits: Vec<usize>,
 }
 
 impl Client {
@@ -145,6 +168,7 @@ impl Client {
             }
             None => None,
         };
+        self.commits[index] += 1;
         self.surface.attach(Some(&self.buffers[index].1), 0, 0);
         self.surface.damage_buffer(damage.0, damage.1, damage.2, damage.3);
         self.client.presentation_feedback(&self.surface, tag);
@@ -157,6 +181,17 @@ impl Client {
             self.client.queue.blocking_dispatch(&mut self.client.state).check(what)?;
         }
         Ok(())
+    }
+
+    /// Waits until the compositor released every commit of buffer `index` (wl_buffer.release),
+    /// then writes `pixels` into it.
+    fn rewrite(&mut self, index: usize, pixels: Vec<u32>) -> Result<(), String> {
+        let tag = index as u32 + 1;
+        while self.client.state.released.iter().filter(|t| **t == tag).count() < self.commits[index] {
+            self.client.queue.blocking_dispatch(&mut self.client.state).check("waiting for a release")?;
+        }
+        let bytes: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
+        self.buffers[index].0.write(&bytes).check("rewriting a buffer")
     }
 
     fn full(&self) -> (i32, i32, i32, i32) {
@@ -176,6 +211,8 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
     let window = client.create_window(title);
     client.blocking_roundtrip().check("configure")?;
     let configure = client.ack_last_configure(&window);
+    // What cohere says about this surface's buffer path, where it offers cohere-buffer-path-v1.
+    let _path = client.bound.as_ref().and_then(|b| b.buffer_path.as_ref()).map(|_| client.buffer_path(&window.surface));
     if !desktop && (configure.width, configure.height) != size {
         return Err(format!("kiosk configure {}x{}, expected {size:?}", configure.width, configure.height));
     }
@@ -199,7 +236,9 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
         Ok("1") => Some(Explicit::new(&client, &window.surface, buffers.len())?),
         _ => None,
     };
-    let mut c = Client { client, surface: window.surface.clone(), size, release_points: vec![None; buffers.len()], buffers, explicit };
+    let n = buffers.len();
+    let mut c =
+        Client { client, surface: window.surface.clone(), size, release_points: vec![None; n], commits: vec![0; n], buffers, explicit };
     let full = c.full();
     c.commit(0, full, 1, true)?;
     c.wait_presented(1, "waiting for presentation")?;
@@ -213,18 +252,26 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
         r.presented = 1;
         r.feedback = feedback;
     })?;
+    reporter.observe(&c.client)?;
 
     let damage: Option<Vec<i32>> =
         std::env::var("COHERE_CLIENT_DAMAGE").ok().map(|d| d.split(',').filter_map(|n| n.parse().ok()).collect());
     if let Some(&[x, y, dw, dh]) = damage.as_deref() {
         second_buffer(&mut c, &mut reporter, (x, y, dw, dh), &socket)?;
+        reporter.observe(&c.client)?;
     }
     if let Some(frames) = std::env::var("COHERE_CLIENT_FRAMES").ok().and_then(|v| v.parse::<usize>().ok()) {
+        let rewrite = std::env::var("COHERE_CLIENT_REWRITE").as_deref() == Ok("1");
         for i in 0..frames {
             let presented = c.client.state.presentations.len();
-            c.commit((i + 1) % 2, full, presented as u32 + 1, true)?;
+            let index = (i + 1) % 2;
+            if rewrite {
+                c.rewrite(index, frame_image(w, h, i as u32 + 1))?;
+            }
+            c.commit(index, full, presented as u32 + 1, true)?;
             c.wait_presented(presented + 1, "waiting for a frame's presentation")?;
             reporter.update(|r| r.presented += 1)?;
+            reporter.observe(&c.client)?;
         }
     }
     if std::env::var("COHERE_CLIENT_CALLBACKS").as_deref() == Ok("1") {
@@ -242,8 +289,11 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
             reporter.update(|r| r.callbacks += 1)?;
         }
     }
-    // Stay mapped until cohere ends the session (the connection closes).
-    while c.client.queue.blocking_dispatch(&mut c.client.state).is_ok() {}
+    // Stay mapped until cohere ends the session (the connection closes), reporting what
+    // arrives.
+    while c.client.queue.blocking_dispatch(&mut c.client.state).is_ok() {
+        reporter.observe(&c.client)?;
+    }
     Ok(())
 }
 

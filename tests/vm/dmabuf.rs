@@ -35,7 +35,7 @@ fn random_params_sequences_with_real_dmabufs() -> Result<(), String> {
     Ok(())
 }
 
-fn source(name: &str, size: usize) -> Result<(MappedDmabuf, Option<Card>), String> {
+pub(crate) fn source(name: &str, size: usize) -> Result<(MappedDmabuf, Option<Card>), String> {
     Ok(match name {
         "udmabuf" => (udmabuf(size).check("udmabuf")?, None),
         "system" => (heap_buffer(size).check("heap")?, None),

@@ -7,7 +7,7 @@ use cohere::coherency::{Access, Path as PlanPath};
 
 use crate::client_mode::{CLIENT_MODE, CLIENT_SIZE};
 use crate::cohere::{scratch, ClientReport, Cohere, Stopped};
-use crate::tests::{alt_image, ensure_eq, test_image, Check, TestFn};
+use crate::tests::{alt_image, ensure_eq, frame_image, test_image, Check, TestFn};
 
 pub fn all() -> Vec<(&'static str, TestFn)> {
     vec![
@@ -17,24 +17,25 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
             override_makes_vkms_scanout_use_maintenance_and_pixels_stay_exact,
         ),
         ("cpu_copy_copies_only_the_damage_of_a_vgem_buffer", cpu_copy_copies_only_the_damage_of_a_vgem_buffer),
+        ("rewritten_buffers_show_their_new_content", || rewritten_buffers_show_their_new_content(&[], &[])),
         ("acquire_fence_holds_the_commit_until_it_signals", acquire_fence_holds_the_commit_until_it_signals),
         ("a_disconnect_frees_a_pending_fence_wait", a_disconnect_frees_a_pending_fence_wait),
     ]
 }
 
 /// One headless run with the test client as cohere's app.
-struct ClientRun<'a> {
+pub(crate) struct ClientRun<'a> {
     /// More arguments for cohere.
-    extra: &'a [&'a str],
+    pub extra: &'a [&'a str],
     /// Environment for the client (COHERE_CLIENT_SOURCE, _DAMAGE, _FENCE).
-    env: &'a [(&'a str, &'a str)],
+    pub env: &'a [(&'a str, &'a str)],
     /// The client's report must say this many presentations before the screenshot.
-    presented: u32,
+    pub presented: u32,
 }
 
 /// Runs `cohere --headless --kiosk` with the test client, waits until the client's commits
 /// were presented, checks a screenshot against `expected` pixel for pixel, and stops cohere.
-fn run_with_client(run: ClientRun<'_>, expected: &[u32]) -> Result<(ClientReport, Stopped), String> {
+pub(crate) fn run_with_client(run: ClientRun<'_>, expected: &[u32]) -> Result<(ClientReport, Stopped), String> {
     let shot = scratch("shot", "png");
     let report_file = scratch("client", "json");
     let (cw, ch) = CLIENT_SIZE;
@@ -152,6 +153,21 @@ fn cpu_copy_copies_only_the_damage_of_a_vgem_buffer() -> Result<(), String> {
     ensure_eq!(plan.path(Access::Sample), Some(PlanPath::CpuCopy), "render path of a vgem buffer: {plan:?}");
     let s = &stopped.stats;
     ensure_eq!((s.cpu_copies, s.bytes_copied), (2, u64::from(cw * ch * 4 + w * h * 4)), "copies and bytes");
+    Ok(())
+}
+
+/// A client that reuses its buffers, as real ones do: each is rewritten once cohere released it,
+/// and the screen must show the newest frame exactly. A renderer that kept an import of a
+/// buffer's old content would show a stale frame. `extra` and `env` go to cohere (a renderer
+/// choice, Mesa's environment).
+pub(crate) fn rewritten_buffers_show_their_new_content(extra: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let (cw, ch) = (CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
+    for source in ["udmabuf", "vgem"] {
+        let mut all = vec![("COHERE_CLIENT_SOURCE", source), ("COHERE_CLIENT_FRAMES", "4"), ("COHERE_CLIENT_REWRITE", "1")];
+        all.extend_from_slice(env);
+        let run = ClientRun { extra, env: &all, presented: 5 };
+        run_with_client(run, &frame_image(cw, ch, 4)).map_err(|e| format!("{source}: {e}"))?;
+    }
     Ok(())
 }
 

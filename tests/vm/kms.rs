@@ -92,10 +92,41 @@ pub(crate) fn window_plan(stats: &Stats, title: &str) -> Result<cohere::stats::P
     stats.window(title).and_then(|w| w.surface.plan.clone()).ok_or_else(|| format!("no plan for window {title:?}: {}", summary(stats)))
 }
 
+/// Waits for the client's buffer-path batch with a presented frame and checks its lines,
+/// details aside, against `want` (without the closing `done`).
+pub(crate) fn expect_batch(cohere: &mut Cohere, report_file: &std::path::Path, want: &[String]) -> Result<ClientReport, String> {
+    let report =
+        cohere.wait_client(report_file, "a buffer-path batch with a presented frame", |r| r.last_batch().contains("presented: "))?;
+    let want: Vec<String> = want.iter().cloned().chain(["done".to_owned()]).collect();
+    ensure_eq!(crate::buffer_path::shape(report.last_batch()), want, "buffer-path batch: {}", report.last_batch());
+    Ok(report)
+}
+
+/// [`expect_batch`] for a udmabuf shown on the display of `node` alone: the renderer and the
+/// CPU read it directly, the display's path is `display`, then the `rest` of the lines
+/// (`{dev}` in them is the display's `major:minor`).
+pub(crate) fn expect_udmabuf_batch(
+    cohere: &mut Cohere,
+    report_file: &std::path::Path,
+    node: &str,
+    display: &str,
+    rest: &[&str],
+) -> Result<ClientReport, String> {
+    let dev = crate::buffer_path::dev_of(node)?;
+    let mut want = vec!["consumer render: direct (coherent)".to_owned(), format!("consumer display {dev}: {display}")];
+    want.push("consumer cpu: direct (coherent)".into());
+    want.extend(rest.iter().map(|l| l.replace("{dev}", &dev)));
+    expect_batch(cohere, report_file, &want)
+}
+
 fn kms_vkms_udmabuf_goes_direct_to_a_plane() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
     let node = vkms_node()?;
-    let (mut cohere, report) = start_with_client(&["--kiosk", "--drm-device", &node], &["1024", "768"], &[])?;
+    let (mut cohere, report, report_file) = start_with_client_report(&["--kiosk", "--drm-device", &node], &["1024", "768"], &[])?;
+    // The client hears that its buffer went on a plane as it is.
+    let rest = ["presented: zero_copy (coherent), 0 bytes copied"];
+    let paths = expect_udmabuf_batch(&mut cohere, &report_file, &node, "direct (coherent)", &rest)?;
+    ensure_eq!(paths.zero_copy_presented, 1, "presentation feedback with the zero_copy flag");
     check_vkms_crc(&mut cohere, &test_image(1024, 768), "the client's image")?;
     let stopped = cohere.stop()?;
     ensure_eq!(stopped.status, Some(0), "exit status after SIGTERM");
@@ -158,19 +189,22 @@ struct VirtioRun {
     card: String,
     output: String,
     screen: (u32, u32, Vec<u32>),
+    /// virtio-gpu's node, and the client's report file.
+    node: String,
+    report_file: PathBuf,
 }
 
 impl VirtioRun {
     fn start(env: &[(&str, &str)]) -> Result<VirtioRun, String> {
         // Only look the node up: an open card node of ours would be DRM master and lock cohere out.
         let node = Card::open_driver("virtio_gpu").check("virtio-gpu")?.path.display().to_string();
-        let (mut cohere, _) = start_with_client(&["--kiosk", "--drm-device", &node], &["1280", "800"], env)?;
+        let (mut cohere, _, report_file) = start_with_client_report(&["--kiosk", "--drm-device", &node], &["1280", "800"], env)?;
         let stats = cohere.wait("the virtio-gpu device", |s| s.devices.iter().any(|d| d.driver == "virtio_gpu"))?;
         let device = stats.devices.iter().find(|d| d.driver == "virtio_gpu").ok_or("virtio-gpu")?;
         let (card, output) = (device.card.clone(), device.outputs.first().cloned().ok_or("virtio-gpu has no output")?);
         let screen =
             cohere.readback(&output, || Card::open_driver("virtio_gpu").check("virtio-gpu")?.read_primary_plane().check("readback"))?;
-        Ok(VirtioRun { cohere, card, output, screen })
+        Ok(VirtioRun { cohere, card, output, screen, node, report_file })
     }
 }
 
@@ -186,8 +220,12 @@ fn live_view(cohere: &Cohere) -> Result<Stats, String> {
 
 fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
-    let VirtioRun { mut cohere, card, output, screen: (w, h, pixels) } = VirtioRun::start(&[])?;
+    let VirtioRun { mut cohere, card, output, screen: (w, h, pixels), node, report_file } = VirtioRun::start(&[])?;
     cohere.wait("a composited frame", |s| s.output(&output).is_some_and(|c| c.composited_elements >= 1))?;
+    // The client hears why: virtio-gpu can't import its buffer, and where to allocate instead.
+    let rest = ["presented: composited (cannot_import), 0 bytes copied", "hint allocate_from_scanout_device {dev}"];
+    let paths = expect_udmabuf_batch(&mut cohere, &report_file, &node, "composite (cannot_import)", &rest)?;
+    ensure_eq!(paths.zero_copy_presented, 0, "presentation feedback with the zero_copy flag");
     let live = live_view(&cohere)?;
     let stopped = cohere.stop()?;
     ensure_eq!((w, h), (1280, 800), "virtio-gpu mode");
@@ -213,7 +251,19 @@ fn kms_virtio_gpu_composites_the_foreign_buffer() -> Result<(), String> {
 /// primary plane shows the client's image exactly, and the counters say copied and composited.
 fn kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
-    let VirtioRun { cohere, output, screen: (w, h, pixels), .. } = VirtioRun::start(&[("COHERE_CLIENT_SOURCE", "vgem")])?;
+    let VirtioRun { mut cohere, output, screen: (w, h, pixels), node, report_file, .. } =
+        VirtioRun::start(&[("COHERE_CLIENT_SOURCE", "vgem")])?;
+    let dev = crate::buffer_path::dev_of(&node)?;
+    let want = [
+        "consumer render: cpu_copy (cpu_renderer_uncached)".to_owned(),
+        format!("consumer display {dev}: cpu_copy (cannot_import)"),
+        "consumer cpu: direct (coherent)".into(),
+        format!("presented: copied (cpu_renderer_uncached), {} bytes copied", 1280 * 800 * 4),
+        format!("hint allocate_from_scanout_device {dev}"),
+        "hint allocate_cached".into(),
+    ];
+    let paths = expect_batch(&mut cohere, &report_file, &want)?;
+    ensure_eq!(paths.zero_copy_presented, 0, "presentations with the zero_copy flag");
     // The commit was presented, so its copy had landed: the live view counts it.
     let live = live_view(&cohere)?;
     let stopped = cohere.stop()?;

@@ -5,6 +5,7 @@
 //! Run one test by hand: `cargo test --features test-support --test vm -- <name>`; each boot's
 //! console, command and output are kept in target/vm-logs/.
 
+mod buffer_path;
 mod camera;
 #[path = "../fixture/client.rs"]
 #[allow(dead_code)]
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         .chain(camera::all())
         .chain(explicit::all())
         .chain(gles::all())
+        .chain(buffer_path::all())
         .map(|t| (0, t));
     let kms =
         kms::all().into_iter().chain(camera::kms()).chain(maintenance::kms()).chain(gles::kms()).map(|(boot, name, f)| (boot, (name, f)));

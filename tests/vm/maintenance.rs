@@ -10,7 +10,7 @@ use std::process::Command;
 use cohere::coherency::Path as PlanPath;
 
 use crate::cohere::scratch;
-use crate::kms::{check_vkms_crc, output_counters, start_with_client, start_with_client_report, vkms_node, window_plan, VKMS_OUTPUT};
+use crate::kms::{check_vkms_crc, expect_udmabuf_batch, output_counters, start_with_client_report, vkms_node, window_plan, VKMS_OUTPUT};
 use crate::tests::{ensure_eq, test_image, Check, TestFn};
 
 pub fn kms() -> Vec<(usize, &'static str, TestFn)> {
@@ -104,6 +104,11 @@ fn kms_direct_with_maintenance_syncs_before_every_commit() -> Result<(), String>
     let (mut cohere, first, report_file) =
         start_with_client_report(&["--kiosk", "--drm-device", &node, "--config", &config_arg], &["1024", "768"], &env)?;
     cohere.wait_client(&report_file, "the client's frames presented", |r| r.presented as usize > frames)?;
+    // The client hears that its buffer goes on a plane after cache maintenance, and why.
+    let display = "direct_with_maintenance (not_coherent_with_sync)";
+    let rest = ["presented: zero_copy (not_coherent_with_sync), 0 bytes copied", "hint allocate_write_combined"];
+    let paths = expect_udmabuf_batch(&mut cohere, &report_file, &node, display, &rest)?;
+    ensure_eq!(paths.zero_copy_presented, paths.presented, "presentations with the zero_copy flag (all of them)");
     // The last frame shows the first image again.
     check_vkms_crc(&mut cohere, &test_image(1024, 768), "the client's last frame")?;
     let stopped = cohere.stop()?;
@@ -158,16 +163,26 @@ fn kms_direct_with_maintenance_syncs_before_every_commit() -> Result<(), String>
     Ok(())
 }
 
+/// An override file (its path) that makes vkms non-snooping and udmabuf unable to sync
+/// attachments: udmabufs are then composited on vkms.
+pub(crate) fn composite_on_vkms() -> Result<String, String> {
+    let config = scratch("override", "toml");
+    std::fs::write(&config, "[driver.vkms]\nscanout_snoops = false\n\n[exporter.udmabuf]\nsyncs_attachments = false\n").check("config")?;
+    Ok(config.display().to_string())
+}
+
 /// With vkms non-snooping and udmabuf declared unable to sync attachments, SYNC can't make the
 /// buffer safe to scan out: it is composited instead, with exact pixels, and gets only the
 /// render tranche.
 fn kms_without_attachment_sync_composites_instead() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
-    let config = scratch("override", "toml");
-    std::fs::write(&config, "[driver.vkms]\nscanout_snoops = false\n\n[exporter.udmabuf]\nsyncs_attachments = false\n").check("config")?;
     let node = vkms_node()?;
-    let config_arg = config.display().to_string();
-    let (mut cohere, report) = start_with_client(&["--kiosk", "--drm-device", &node, "--config", &config_arg], &["1024", "768"], &[])?;
+    let config_arg = composite_on_vkms()?;
+    let (mut cohere, report, report_file) =
+        start_with_client_report(&["--kiosk", "--drm-device", &node, "--config", &config_arg], &["1024", "768"], &[])?;
+    let rest = ["presented: composited (not_coherent_no_sync), 0 bytes copied", "hint allocate_write_combined"];
+    let paths = expect_udmabuf_batch(&mut cohere, &report_file, &node, "composite (not_coherent_no_sync)", &rest)?;
+    ensure_eq!(paths.zero_copy_presented, 0, "presentations with the zero_copy flag");
     check_vkms_crc(&mut cohere, &test_image(1024, 768), "the client's image")?;
     let stopped = cohere.stop()?;
     let plan = window_plan(&stopped.stats, "udmabuf")?;

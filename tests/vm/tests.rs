@@ -196,6 +196,13 @@ pub fn alt_image(w: u32, h: u32) -> Vec<u32> {
     test_image(w, h).into_iter().map(|p| !p & 0x00ff_ffff).collect()
 }
 
+/// The image of frame `k` of a client that rewrites its buffers (`COHERE_CLIENT_REWRITE`):
+/// [`test_image`] for k = 0, then a different one for every k.
+pub fn frame_image(w: u32, h: u32, k: u32) -> Vec<u32> {
+    let mask = k.wrapping_mul(0x0013_2537) & 0x00ff_ffff;
+    test_image(w, h).into_iter().map(|p| p ^ mask).collect()
+}
+
 /// weston-simple-dmabuf-feedback prints the feedback it receives. With Mesa 22.3 it then can't
 /// allocate on vgem (no GBM driver) and aborts; what it printed is what this test checks.
 fn weston_simple_dmabuf_feedback_receives_cohere_feedback() -> Result<(), String> {

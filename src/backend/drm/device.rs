@@ -23,6 +23,7 @@ use smithay::reexports::rustix::fs::OFlags;
 use smithay::utils::DeviceFd;
 
 use super::Drm;
+use crate::coherency::DeviceId;
 use crate::core::{Core, OutputConfig};
 use crate::path::direct::PlanExporter;
 use crate::render::OutputElement;
@@ -183,7 +184,13 @@ impl Device {
             .compositor
             .render_frame(renderer, elements, clear, FrameFlags::DEFAULT)
             .map_err(|e| failed(&surface.output, Box::new(e)))?;
-        let states = result.states.clone();
+        let mut states = result.states.clone();
+        // smithay reports an element on the cursor plane as zero-copy, but it copies the
+        // element into its cursor buffer: say so, for presentation feedback and releases.
+        let cursor_plane = result.cursor_element.map(|e| e.id().clone());
+        if let Some(state) = cursor_plane.as_ref().and_then(|id| states.states.get_mut(id)) {
+            state.presentation_state = RenderElementPresentationState::Rendering { reason: None };
+        }
         if result.is_empty {
             return Ok(Rendered::Empty { states });
         }
@@ -209,9 +216,7 @@ impl Device {
         };
         let zero_copy = count(|p| matches!(p, RenderElementPresentationState::ZeroCopy));
         let composited = count(|p| matches!(p, RenderElementPresentationState::Rendering { .. }));
-        let cursor_plane = cursors
-            .iter()
-            .any(|id| states.states.get(id).is_some_and(|s| matches!(s.presentation_state, RenderElementPresentationState::ZeroCopy)));
+        let cursor_plane = cursor_plane.is_some_and(|id| cursors.contains(&id));
         surface.compositor.queue_frame(()).map_err(|e| failed(&surface.output, Box::new(e)))?;
         Ok(Rendered::Queued { states, zero_copy, composited, cursor_plane, fence })
     }
@@ -326,6 +331,13 @@ fn add_outputs(
                 return Err(DeviceError::Compositor { output: name, source: Box::new(e) });
             }
         };
+        // What the buffer-path protocol needs to say why a buffer didn't go on a plane.
+        let planes = compositor.surface().planes();
+        let mut formats: Vec<Format> =
+            planes.primary.iter().chain(&planes.overlay).flat_map(|p| p.formats.iter().copied().collect::<Vec<_>>()).collect();
+        formats.sort_by_key(|f| (f.code as u32, u64::from(f.modifier)));
+        formats.dedup();
+        output.user_data().insert_if_missing_threadsafe(|| crate::paths::OutputDisplay { device: DeviceId(node.dev_id()), formats });
         tracing::info!(card, driver, output = name, w, h, "KMS output");
         surfaces.insert(crtc, Surface { output, compositor, pending: None });
     }

@@ -154,6 +154,18 @@ impl Backend for Drm {
         &self.coherency
     }
 
+    fn coherency_mut(&mut self) -> &mut CoherencyState {
+        &mut self.coherency
+    }
+
+    fn plans_changed(&mut self) {
+        // A buffer may go on the planes its new plan allows, and only there.
+        let nodes: Vec<DrmNode> = self.devices.keys().copied().collect();
+        for (dmabuf, plan) in self.coherency.plans.live() {
+            crate::path::direct::mark_for_scanout(&dmabuf, plan, &nodes);
+        }
+    }
+
     fn surface_committed(&mut self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) {
         // Most surfaces never ask for feedback: don't work out a plan-based feedback per commit.
         if !self.import.has_surface_feedback(surface) {
@@ -300,6 +312,7 @@ fn finish(
     state.core.counters.frames += 1;
     let seq = state.core.counters.frames;
     crate::render::finish_frame(&mut state.core, output, states, at, refresh, seq);
+    state.publish_output_paths(output);
     if state.core.primary_output() == Some(output) {
         // Screenshots are refused at start-up on KMS, so only the exit condition applies.
         let _ = state.core.control.primary_frame();

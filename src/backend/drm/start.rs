@@ -31,7 +31,7 @@ impl Compositor<Drm> {
         let backend = Drm::new(session, event_loop.handle(), &dh, main_device, quirks, &decision)?;
         let core = Core::new(dh, options.shell, event_loop.handle());
         let mut state = State { backend, core };
-        state.core.offer_explicit_sync(&state.backend.coherency.machine);
+        state.offer_globals(&options);
         state.core.control.configure(None, options.exit_after_frames);
 
         let udev = UdevBackend::new(&seat).map_err(DrmBackendError::Udev)?;
@@ -63,6 +63,7 @@ impl Compositor<Drm> {
                 }
                 // Consumers changed: every live buffer's plan is recomputed.
                 state.backend.coherency.devices_changed();
+                state.plans_changed();
             })
             .map_err(|e| StartError::EventLoop(e.error))?;
         handle

@@ -203,6 +203,14 @@ pub fn set_active(surface: &WlSurface, active: bool) {
     });
 }
 
+/// Whether the surface is drawn from its shadow (its current buffer is a copied one).
+pub fn is_active(states: &smithay::wayland::compositor::SurfaceData) -> bool {
+    states.data_map.get::<CopyData>().is_some_and(|data| {
+        let guard = data.lock().unwrap_or_else(|e| e.into_inner());
+        guard.active && guard.shadow.is_some()
+    })
+}
+
 /// Clips `rects` to the buffer and removes overlaps, so no byte is copied (or counted) twice.
 fn disjoint(rects: Vec<Rectangle<i32, BufferCoords>>, full: Rectangle<i32, BufferCoords>) -> Vec<Rectangle<i32, BufferCoords>> {
     let mut out: Vec<Rectangle<i32, BufferCoords>> = Vec::new();

@@ -1,48 +1,196 @@
-//! What happens between a client's `wl_surface.commit` and the commit taking effect.
+//! The commit pipeline: what happens between a client's `wl_surface.commit` and the commit
+//! taking effect, for any smithay compositor.
 //!
 //! A commit that brings a dma-buf may have to wait (a smithay commit blocker) for two things,
 //! in this order:
-//! 1. the buffer's acquire fence, when a device is still writing it ([`crate::sync::acquire`]);
+//! 1. the buffer's acquire fence, when a device is still writing it ([`crate::sync::acquire`]),
+//!    or its linux-drm-syncobj-v1 acquire point;
 //! 2. its CPU copy, when the plan says CpuCopy ([`crate::path::cpu_copy`]): the copy thread
-//!    reads the damage, and the event loop writes it into the surface's shadow.
+//!    reads the damage, and the event loop writes it into the surface's shadow; or its cache
+//!    maintenance, when a display reads it after DMA_BUF_IOCTL_SYNC
+//!    ([`crate::path::maintenance`]).
 //!
 //! Only then is the commit applied, so every path reads finished pixels, and what is drawn
 //! matches the frame callbacks and presentation feedback of that commit. The waits run on the
 //! event loop (calloop sources) and on the copy thread, never blocking either: a fence that
 //! never signals stalls only its own surface, and a surface that goes takes its waits along.
+//! Once applied, each dma-buf commit is tracked until nothing reads it and then released
+//! ([`crate::path::release`], in [`CommitState::releases`]).
+//!
+//! # How to use
+//!
+//! The compositor owns a [`CommitState`] and implements [`CommitHandler`]; its compositor
+//! handler calls the three hooks:
+//!
+//! ```no_run
+//! use cohere::coherency::CoherencyState;
+//! use cohere::commit::{CommitHandler, CommitState};
+//! use smithay::reexports::calloop::LoopHandle;
+//! use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+//! use smithay::reexports::wayland_server::{Client, DisplayHandle};
+//! use smithay::wayland::compositor::{add_pre_commit_hook, CompositorClientState, CompositorHandler, CompositorState};
+//! # use smithay::wayland::buffer::BufferHandler;
+//!
+//! struct MyState {
+//!     handle: LoopHandle<'static, MyState>,
+//!     display: DisplayHandle,
+//!     compositor: CompositorState,
+//!     coherency: CoherencyState,
+//!     commits: CommitState,
+//! }
+//! # struct ClientData(CompositorClientState);
+//! # impl smithay::reexports::wayland_server::backend::ClientData for ClientData {}
+//! # impl BufferHandler for MyState { fn buffer_destroyed(&mut self, _: &smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer) {} }
+//!
+//! impl CommitHandler for MyState {
+//!     fn commit_state(&mut self) -> &mut CommitState {
+//!         &mut self.commits
+//!     }
+//!     fn coherency(&self) -> &CoherencyState {
+//!         &self.coherency
+//!     }
+//!     fn loop_handle(&self) -> LoopHandle<'static, Self> {
+//!         self.handle.clone()
+//!     }
+//!     fn display_handle(&self) -> DisplayHandle {
+//!         self.display.clone()
+//!     }
+//! }
+//!
+//! impl CompositorHandler for MyState {
+//!     fn compositor_state(&mut self) -> &mut CompositorState {
+//!         &mut self.compositor
+//!     }
+//!     fn client_compositor_state<'a>(&self, client: &'a Client) -> &'a CompositorClientState {
+//!         &client.get_data::<ClientData>().unwrap().0
+//!     }
+//!     fn new_surface(&mut self, surface: &WlSurface) {
+//!         // Waits (fences, copies, maintenance) are decided before a commit applies.
+//!         add_pre_commit_hook::<Self, _>(surface, |state, _, surface| cohere::commit::pre_commit(state, surface));
+//!     }
+//!     fn commit(&mut self, surface: &WlSurface) {
+//!         let attached = cohere::commit::attached(surface);
+//!         smithay::backend::renderer::utils::on_commit_buffer_handler::<Self>(surface);
+//!         cohere::commit::committed(self, surface, attached);
+//!     }
+//! }
+//! # smithay::delegate_compositor!(MyState);
+//! // At start-up, with the event loop's handle:
+//! // let commits = CommitState::new::<MyState>(&handle);
+//! ```
+
+use std::collections::HashMap;
 
 use smithay::reexports::calloop::generic::Generic;
-use smithay::reexports::calloop::{Interest, Mode, PostAction, RegistrationToken};
+use smithay::reexports::calloop::{Interest, LoopHandle, Mode, PostAction, RegistrationToken};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
-use smithay::reexports::wayland_server::{Client, Resource, Weak};
+use smithay::reexports::wayland_server::{Client, DisplayHandle, Resource, Weak};
 use smithay::utils::Rectangle;
 use smithay::wayland::compositor::{add_blocker, with_states, BufferAssignment, CompositorHandler, Damage, SurfaceAttributes};
 use smithay::wayland::viewporter::ViewportCachedState;
 
-use crate::backend::Backend;
-use crate::coherency::Path;
-use crate::path::cpu_copy::{self, CopyDone, CopyError, Done, Job, PendingDamage};
+use crate::coherency::{CoherencyState, DeviceId, Path};
+use crate::path::cpu_copy::{self, CopyDone, CopyError, CopyWorker, Done, Job, PendingDamage};
 use crate::path::maintenance::{MaintainDone, MaintainJob};
-use crate::path::release::{AttachKind, ReleasePath};
+use crate::path::release::{AttachKind, ReleasePath, Releases};
 use crate::sync::{Acquire, FenceBlocker, FenceFd};
-use crate::State;
 
-/// A commit held by cohere.
+/// What the pipeline counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CommitCounters {
+    /// Commits held until their buffer's acquire fence (or point) signalled.
+    pub fence_waits: u64,
+    /// Commits whose damage the CPU copy copied, and the bytes it copied.
+    pub cpu_copies: u64,
+    pub bytes_copied: u64,
+    /// Commits of DirectWithMaintenance buffers whose caches were written back before scanout.
+    pub maintenances: u64,
+}
+
+/// The pipeline's state, owned by the compositor.
 #[derive(Debug)]
-pub(crate) struct CommitWait {
+pub struct CommitState {
+    /// Commits held, by wait id. An entry goes when its commit is let through, or with its
+    /// surface ([`CommitState::prune`]).
+    waits: HashMap<u64, CommitWait>,
+    next_id: u64,
+    /// The copy thread (`None` if it couldn't start: copies then fail, visibly).
+    worker: Option<CopyWorker>,
+    /// When each applied dma-buf commit stops being read, and its release.
+    pub releases: Releases,
+    pub counters: CommitCounters,
+}
+
+/// The compositor's side of the pipeline.
+pub trait CommitHandler: CompositorHandler + Sized + 'static {
+    /// Where the pipeline's state lives.
+    fn commit_state(&mut self) -> &mut CommitState;
+    /// The plans the pipeline follows.
+    fn coherency(&self) -> &CoherencyState;
+    /// The displays this compositor drives: their plans decide cache maintenance and when a
+    /// buffer on a plane is released. Headless: none.
+    fn scanout_devices(&self) -> Vec<DeviceId> {
+        Vec::new()
+    }
+    /// The event loop, to watch fences on.
+    fn loop_handle(&self) -> LoopHandle<'static, Self>;
+    /// The display, to let blocked commits through.
+    fn display_handle(&self) -> DisplayHandle;
+    /// A CPU copy of `surface` landed, having read `bytes` (for statistics).
+    fn surface_copied(&mut self, _surface: &WlSurface, _bytes: u64) {}
+}
+
+impl CommitState {
+    /// Starts the copy thread, whose results come back through a channel `handle`'s loop
+    /// watches.
+    pub fn new<D: CommitHandler>(handle: &LoopHandle<'static, D>) -> Self {
+        let (tx, rx) = smithay::reexports::calloop::channel::channel();
+        let watched = handle.insert_source(rx, |event, _, state: &mut D| {
+            if let smithay::reexports::calloop::channel::Event::Msg(done) = event {
+                job_done(state, done);
+            }
+        });
+        let worker = match watched {
+            Ok(_) => CopyWorker::spawn(tx).map_err(|err| tracing::error!(%err, "cannot start the cpu copy thread")).ok(),
+            Err(err) => {
+                tracing::error!(%err, "cannot watch the cpu copy channel; CPU copies will fail");
+                None
+            }
+        };
+        Self { waits: HashMap::new(), next_id: 0, worker, releases: Releases::default(), counters: CommitCounters::default() }
+    }
+
+    /// Commits held now (fences, copies, maintenance).
+    pub fn waiting(&self) -> usize {
+        self.waits.len()
+    }
+
+    /// Drops the waits of surfaces that are gone (their client disconnected or destroyed
+    /// them), with their fence sources, and the release tracking of buffers that are gone.
+    pub fn prune<D>(&mut self, handle: &LoopHandle<'static, D>) {
+        self.releases.prune();
+        self.waits.retain(|_, wait| {
+            let alive = wait.surface.upgrade().is_ok_and(|s| s.is_alive());
+            if !alive {
+                if let Some(token) = wait.fence_source.take() {
+                    handle.remove(token);
+                }
+            }
+            alive
+        });
+    }
+}
+
+/// A commit held by the pipeline.
+#[derive(Debug)]
+struct CommitWait {
     surface: Weak<WlSurface>,
     blocker: FenceBlocker,
     client: Client,
     /// The surface's copy sequence number, when the commit waits for a CPU copy.
     copy_seq: Option<u64>,
     /// The acquire fence's event source while the commit waits for the fence.
-    pub(crate) fence_source: Option<RegistrationToken>,
-}
-
-impl CommitWait {
-    pub(crate) fn surface_alive(&self) -> bool {
-        self.surface.upgrade().is_ok_and(|s| s.is_alive())
-    }
+    fence_source: Option<RegistrationToken>,
 }
 
 /// The pending state's new dma-buf, its damage in buffer coordinates when that is exact, and
@@ -87,207 +235,206 @@ fn pending(surface: &WlSurface) -> Option<Pending> {
     })
 }
 
-/// Whether the commit being applied to `surface` attached a buffer (call before smithay's
-/// buffer handler takes it).
-pub(crate) fn attached(surface: &WlSurface) -> bool {
+/// Whether the commit being applied to `surface` attached a buffer. Call it first in
+/// `CompositorHandler::commit`, before smithay's `on_commit_buffer_handler` takes the buffer.
+pub fn attached(surface: &WlSurface) -> bool {
     with_states(surface, |states| {
         matches!(states.cached_state.get::<SurfaceAttributes>().current().buffer, Some(BufferAssignment::NewBuffer(_)))
     })
 }
 
-impl<B: Backend> State<B> {
-    /// The pre-commit hook: decides what the commit waits for and starts the waits.
-    pub(crate) fn pre_commit(&mut self, surface: &WlSurface) {
-        // A syncobj client's commit must have exactly the points the protocol asks for.
-        if let Err(error) = crate::sync::explicit::validate_commit(surface) {
-            crate::sync::explicit::post(error);
-            return;
+/// The pre-commit hook: decides what the commit waits for and starts the waits. Call it from
+/// the surface's pre-commit hook (`add_pre_commit_hook`).
+pub fn pre_commit<D: CommitHandler>(state: &mut D, surface: &WlSurface) {
+    // A syncobj client's commit must have exactly the points the protocol asks for.
+    if let Err(error) = crate::sync::explicit::validate_commit(surface) {
+        crate::sync::explicit::post(error);
+        return;
+    }
+    let Some(pending) = pending(surface) else { return };
+    let Some(dmabuf) = pending.dmabuf else {
+        cpu_copy::not_copied(surface);
+        return;
+    };
+    let copied = copied(state, &dmabuf);
+    if !copied {
+        cpu_copy::not_copied(surface);
+    }
+    // A copy brackets its reads with SYNC, which is the maintenance too.
+    let maintained = !copied && scanout_path(state, &dmabuf) == Some(ReleasePath::DirectWithMaintenance);
+    // A syncobj client's acquire point replaces the buffer's implicit fence.
+    let fence = match crate::sync::explicit::pending_acquire(surface) {
+        Some(point) => crate::sync::acquire_point(&point),
+        None => crate::sync::acquire(&dmabuf),
+    };
+    if !copied && !maintained && matches!(fence, Acquire::Ready) {
+        return;
+    }
+    let Some(client) = surface.client() else { return };
+    let commits = state.commit_state();
+    commits.next_id += 1;
+    let id = commits.next_id;
+    let (job, copy_seq) = if copied {
+        match cpu_copy::plan(surface, &dmabuf, pending.damage, (pending.scale, pending.transform), id) {
+            Ok(planned) => (Some(Job::Copy(planned.job)), Some(planned.seq)),
+            Err(err) => {
+                tracing::warn!(%err, "no cpu copy; the surface is drawn the usual way");
+                cpu_copy::not_copied(surface);
+                (None, None)
+            }
         }
-        let Some(pending) = pending(surface) else { return };
-        let Some(dmabuf) = pending.dmabuf else {
-            cpu_copy::not_copied(surface);
-            return;
-        };
-        let copied = self.copied(&dmabuf);
-        if !copied {
-            cpu_copy::not_copied(surface);
+    } else if maintained {
+        (Some(Job::Maintain(MaintainJob { id, dmabuf: dmabuf.clone() })), None)
+    } else {
+        (None, None)
+    };
+    if job.is_none() && matches!(fence, Acquire::Ready) {
+        return;
+    }
+    let blocker = FenceBlocker::default();
+    let wait = CommitWait { surface: surface.downgrade(), blocker: blocker.clone(), client, copy_seq, fence_source: None };
+    state.commit_state().waits.insert(id, wait);
+    match fence {
+        Acquire::Ready => {
+            if let Some(job) = job {
+                submit(state, job);
+            }
         }
-        // A copy brackets its reads with SYNC, which is the maintenance too.
-        let maintained = !copied && self.maintained(&dmabuf);
-        // A syncobj client's acquire point replaces the buffer's implicit fence.
-        let fence = match crate::sync::explicit::pending_acquire(surface) {
-            Some(point) => crate::sync::acquire_point(&point),
-            None => crate::sync::acquire(&dmabuf),
-        };
-        if !copied && !maintained && matches!(fence, Acquire::Ready) {
-            return;
-        }
-        let Some(client) = surface.client() else { return };
-        let id = self.core.next_wait_id();
-        let (job, copy_seq) = if copied {
-            match cpu_copy::plan(surface, &dmabuf, pending.damage, (pending.scale, pending.transform), id) {
-                Ok(planned) => (Some(Job::Copy(planned.job)), Some(planned.seq)),
+        Acquire::Wait(fd) => {
+            let source = Generic::new(FenceFd(fd), Interest::READ, Mode::Level);
+            let mut job = job;
+            let inserted = state.loop_handle().insert_source(source, move |_, _, state: &mut D| {
+                if let Some(wait) = state.commit_state().waits.get_mut(&id) {
+                    wait.fence_source = None;
+                }
+                match job.take() {
+                    Some(job) => submit(state, job),
+                    None => release_wait(state, id),
+                }
+                Ok(PostAction::Remove)
+            });
+            let commits = state.commit_state();
+            match inserted {
+                Ok(token) => {
+                    commits.counters.fence_waits += 1;
+                    if let Some(wait) = commits.waits.get_mut(&id) {
+                        wait.fence_source = Some(token);
+                    }
+                    tracing::debug!(surface = %surface.id(), "commit held until its buffer's acquire fence signals");
+                }
                 Err(err) => {
-                    tracing::warn!(%err, "no cpu copy; the surface is drawn the usual way");
-                    cpu_copy::not_copied(surface);
-                    (None, None)
-                }
-            }
-        } else if maintained {
-            (Some(Job::Maintain(MaintainJob { id, dmabuf: dmabuf.clone() })), None)
-        } else {
-            (None, None)
-        };
-        if job.is_none() && matches!(fence, Acquire::Ready) {
-            return;
-        }
-        let blocker = FenceBlocker::default();
-        let wait = CommitWait { surface: surface.downgrade(), blocker: blocker.clone(), client, copy_seq, fence_source: None };
-        self.core.commit_waits.insert(id, wait);
-        match fence {
-            Acquire::Ready => {
-                if let Some(job) = job {
-                    self.submit(job);
-                }
-            }
-            Acquire::Wait(fd) => {
-                let source = Generic::new(FenceFd(fd), Interest::READ, Mode::Level);
-                let mut job = job;
-                let inserted = self.core.loop_handle.insert_source(source, move |_, _, state: &mut State<B>| {
-                    if let Some(wait) = state.core.commit_waits.get_mut(&id) {
-                        wait.fence_source = None;
-                    }
-                    match job.take() {
-                        Some(job) => state.submit(job),
-                        None => state.release_wait(id),
-                    }
-                    Ok(PostAction::Remove)
-                });
-                match inserted {
-                    Ok(token) => {
-                        self.core.counters.fence_waits += 1;
-                        if let Some(wait) = self.core.commit_waits.get_mut(&id) {
-                            wait.fence_source = Some(token);
-                        }
-                        tracing::debug!(surface = %surface.id(), "commit held until its buffer's acquire fence signals");
-                    }
-                    Err(err) => {
-                        tracing::warn!(%err, "cannot watch an acquire fence; the commit goes ahead");
-                        self.core.commit_waits.remove(&id);
-                        return;
-                    }
+                    tracing::warn!(%err, "cannot watch an acquire fence; the commit goes ahead");
+                    commits.waits.remove(&id);
+                    return;
                 }
             }
         }
-        add_blocker(surface, blocker);
     }
+    add_blocker(surface, blocker);
+}
 
-    fn submit(&mut self, job: Job) {
-        let rejected = match &self.core.copy_worker {
-            Some(worker) => worker.submit(job).err(),
-            None => Some(job),
-        };
-        match rejected {
-            Some(Job::Copy(job)) => self.copy_done(CopyDone { id: job.id, result: Err(CopyError::NoWorker) }),
-            Some(Job::Maintain(job)) => self.maintained_done(MaintainDone { id: job.id, result: Err("the copy thread is gone".into()) }),
-            None => {}
+fn submit<D: CommitHandler>(state: &mut D, job: Job) {
+    let rejected = match &state.commit_state().worker {
+        Some(worker) => worker.submit(job).err(),
+        None => Some(job),
+    };
+    match rejected {
+        Some(Job::Copy(job)) => copy_done(state, CopyDone { id: job.id, result: Err(CopyError::NoWorker) }),
+        Some(Job::Maintain(job)) => maintained_done(state, MaintainDone { id: job.id, result: Err("the copy thread is gone".into()) }),
+        None => {}
+    }
+}
+
+/// The copy thread finished a job.
+fn job_done<D: CommitHandler>(state: &mut D, done: Done) {
+    match done {
+        Done::Copy(done) => copy_done(state, done),
+        Done::Maintained(done) => maintained_done(state, done),
+    }
+}
+
+/// A DirectWithMaintenance buffer's caches were written back: its commit may apply.
+fn maintained_done<D: CommitHandler>(state: &mut D, done: MaintainDone) {
+    match done.result {
+        Ok(()) => {
+            state.commit_state().counters.maintenances += 1;
+            tracing::trace!("cache maintenance done");
+        }
+        // The buffer still goes through; what the display shows may be stale, as without
+        // cohere. Say so.
+        Err(err) => tracing::warn!(%err, "cache maintenance before scanout failed"),
+    }
+    release_wait(state, done.id);
+}
+
+/// A copy came back from the copy thread: land it (and any later ones of the same surface
+/// that were waiting for it) and let those commits through.
+fn copy_done<D: CommitHandler>(state: &mut D, done: CopyDone) {
+    let Some(wait) = state.commit_state().waits.get(&done.id) else { return };
+    let (Some(seq), Ok(surface)) = (wait.copy_seq, wait.surface.upgrade()) else {
+        release_wait(state, done.id);
+        return;
+    };
+    for (seq, bytes) in cpu_copy::job_done(&surface, seq, done.result) {
+        if bytes > 0 {
+            let counters = &mut state.commit_state().counters;
+            counters.cpu_copies += 1;
+            counters.bytes_copied += bytes;
+            state.surface_copied(&surface, bytes);
+            tracing::trace!(bytes, "cpu copy landed");
+        }
+        let waits = &state.commit_state().waits;
+        let id = waits.iter().find(|(_, w)| w.copy_seq == Some(seq) && w.surface == surface.downgrade()).map(|(id, _)| *id);
+        if let Some(id) = id {
+            release_wait(state, id);
         }
     }
+}
 
-    /// The copy thread finished a job.
-    pub(crate) fn job_done(&mut self, done: Done) {
-        match done {
-            Done::Copy(done) => self.copy_done(done),
-            Done::Maintained(done) => self.maintained_done(done),
+/// Lets commit `id` through.
+fn release_wait<D: CommitHandler>(state: &mut D, id: u64) {
+    let Some(wait) = state.commit_state().waits.remove(&id) else { return };
+    wait.blocker.release();
+    let dh = state.display_handle();
+    state.client_compositor_state(&wait.client).blocker_cleared(state, &dh);
+}
+
+/// The executors' part of an applied commit: a surface whose buffer is copied is drawn from
+/// its shadow, any other the usual way; the buffer's release is tracked from now on. Call it
+/// in `CompositorHandler::commit` after smithay's `on_commit_buffer_handler`; `attached` is
+/// what [`attached`] said before it.
+pub fn committed<D: CommitHandler>(state: &mut D, surface: &WlSurface, attached: bool) {
+    let points = crate::sync::explicit::take_committed_points(surface);
+    let buffer = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| s.buffer().cloned()).flatten();
+    let dmabuf = buffer.as_ref().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned());
+    let copied = dmabuf.as_ref().is_some_and(|d| copied(state, d));
+    cpu_copy::set_active(surface, copied);
+    match (&dmabuf, attached) {
+        (Some(d), true) => {
+            let kind = AttachKind { copied, scanout: scanout_path(state, d) };
+            state.commit_state().releases.applied(surface, buffer.as_ref(), dmabuf.clone(), points.release, kind);
+        }
+        (Some(_), false) => {}
+        (None, _) => state.commit_state().releases.not_current(&surface.id()),
+    }
+}
+
+/// The plan has the renderer read `dmabuf` through a CPU copy.
+fn copied<D: CommitHandler>(state: &D, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
+    state.coherency().plans.render_path(dmabuf) == Some(Path::CpuCopy)
+}
+
+/// How a display this compositor drives may read `dmabuf` directly, if one may.
+fn scanout_path<D: CommitHandler>(state: &D, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<ReleasePath> {
+    let plan = state.coherency().plans.get(dmabuf)?;
+    let devices = state.scanout_devices();
+    let mut best = None;
+    for path in devices.iter().filter_map(|d| plan.scanout_path(*d)) {
+        match path {
+            Path::Direct => return Some(ReleasePath::Direct),
+            Path::DirectWithMaintenance => best = Some(ReleasePath::DirectWithMaintenance),
+            _ => {}
         }
     }
-
-    /// A DirectWithMaintenance buffer's caches were written back: its commit may apply.
-    fn maintained_done(&mut self, done: MaintainDone) {
-        match done.result {
-            Ok(()) => {
-                self.core.counters.maintenances += 1;
-                tracing::trace!("cache maintenance done");
-            }
-            // The buffer still goes through; what the display shows may be stale, as without
-            // cohere. Say so.
-            Err(err) => tracing::warn!(%err, "cache maintenance before scanout failed"),
-        }
-        self.release_wait(done.id);
-    }
-
-    /// A copy came back from the copy thread: land it (and any later ones of the same surface
-    /// that were waiting for it) and let those commits through.
-    pub(crate) fn copy_done(&mut self, done: CopyDone) {
-        let Some(wait) = self.core.commit_waits.get(&done.id) else { return };
-        let (Some(seq), Ok(surface)) = (wait.copy_seq, wait.surface.upgrade()) else {
-            self.release_wait(done.id);
-            return;
-        };
-        for (seq, bytes) in cpu_copy::job_done(&surface, seq, done.result) {
-            if bytes > 0 {
-                self.core.surface_copied(&surface, bytes);
-                tracing::trace!(bytes, "cpu copy landed");
-            }
-            let id =
-                self.core.commit_waits.iter().find(|(_, w)| w.copy_seq == Some(seq) && w.surface == surface.downgrade()).map(|(id, _)| *id);
-            if let Some(id) = id {
-                self.release_wait(id);
-            }
-        }
-    }
-
-    /// Lets commit `id` through.
-    fn release_wait(&mut self, id: u64) {
-        let Some(wait) = self.core.commit_waits.remove(&id) else { return };
-        wait.blocker.release();
-        let dh = self.core.display_handle.clone();
-        self.client_compositor_state(&wait.client).blocker_cleared(self, &dh);
-    }
-
-    /// The executors' part of an applied commit: a surface whose buffer is copied is drawn from
-    /// its shadow, any other the usual way; the buffer's release is tracked from now on.
-    /// `attached`: the applied commit attached a buffer (see [`attached`]).
-    pub(crate) fn committed(&mut self, surface: &WlSurface, attached: bool) {
-        let points = crate::sync::explicit::take_committed_points(surface);
-        let buffer = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| s.buffer().cloned()).flatten();
-        let dmabuf = buffer.as_ref().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned());
-        let copied = dmabuf.as_ref().is_some_and(|d| self.copied(d));
-        cpu_copy::set_active(surface, copied);
-        match (&dmabuf, attached) {
-            (Some(d), true) => {
-                let kind = AttachKind { copied, scanout: self.scanout_path(d) };
-                self.core.releases.applied(surface, buffer.as_ref(), dmabuf.clone(), points.release, kind);
-            }
-            (Some(_), false) => {}
-            (None, _) => self.core.releases.not_current(&surface.id()),
-        }
-    }
-
-    /// The plan has the renderer read `dmabuf` through a CPU copy.
-    fn copied(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
-        self.backend.coherency().plans.render_path(dmabuf) == Some(Path::CpuCopy)
-    }
-
-    /// The plan puts `dmabuf` on a plane of a display this backend drives after cache
-    /// maintenance.
-    fn maintained(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
-        self.scanout_path(dmabuf) == Some(ReleasePath::DirectWithMaintenance)
-    }
-
-    /// How a display this backend drives may read `dmabuf` directly, if one may.
-    fn scanout_path(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<ReleasePath> {
-        let plan = self.backend.coherency().plans.get(dmabuf)?;
-        let devices = self.backend.scanout_devices();
-        let paths = devices.iter().filter_map(|d| plan.scanout_path(*d));
-        let mut best = None;
-        for path in paths {
-            match path {
-                Path::Direct => return Some(ReleasePath::Direct),
-                Path::DirectWithMaintenance => best = Some(ReleasePath::DirectWithMaintenance),
-                _ => {}
-            }
-        }
-        best
-    }
+    best
 }

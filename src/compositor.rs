@@ -462,7 +462,8 @@ impl<B: Backend> Compositor<B> {
             self.state.core.control.exit = Some(Exit::Failed);
         }
         self.reap_app();
-        self.state.core.prune_commit_waits();
+        let handle = self.state.core.loop_handle.clone();
+        self.state.core.commits.prune(&handle);
         self.flush();
         self.state.core.control.exit
     }

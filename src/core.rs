@@ -54,13 +54,6 @@ pub struct Counters {
     pub frames: u64,
     /// Frames in which the renderer drew any damage.
     pub frames_rendered: u64,
-    /// Commits of DirectWithMaintenance buffers whose caches were written back before scanout.
-    pub maintenances: u64,
-    /// Commits whose damage the CpuCopy executor copied, and the bytes it copied.
-    pub cpu_copies: u64,
-    pub bytes_copied: u64,
-    /// Commits held until their buffer's acquire fence signalled.
-    pub fence_waits: u64,
 }
 
 /// Counters per output, for "why isn't my video zero-copy?" and for tests that wait on frames.
@@ -125,22 +118,6 @@ pub struct Globals<B: Backend> {
     pub viewporter: ViewporterState,
 }
 
-/// Starts the CPU copy thread, whose results come back through a channel the event loop
-/// watches.
-fn spawn_copy_worker<B: Backend>(handle: &LoopHandle<'static, State<B>>) -> Option<crate::path::cpu_copy::CopyWorker> {
-    let (tx, rx) = smithay::reexports::calloop::channel::channel();
-    let watched = handle.insert_source(rx, |event, _, state: &mut State<B>| {
-        if let smithay::reexports::calloop::channel::Event::Msg(done) = event {
-            state.job_done(done);
-        }
-    });
-    if let Err(err) = watched {
-        tracing::error!(%err, "cannot watch the cpu copy channel; CPU copies will fail");
-        return None;
-    }
-    crate::path::cpu_copy::CopyWorker::spawn(tx).map_err(|err| tracing::error!(%err, "cannot start the cpu copy thread")).ok()
-}
-
 /// The pointer cursor as the seat last set it.
 #[derive(Debug)]
 pub struct Cursor {
@@ -169,12 +146,9 @@ pub struct Core<B: Backend> {
     pub control: crate::compositor::Control,
     pub loop_handle: LoopHandle<'static, State<B>>,
     pub cursor: Cursor,
-    /// Commits cohere holds (fence, CPU copy), by wait id; see [`crate::commit`]. An entry
-    /// goes when its commit is let through, or with its surface (a disconnect frees its waits).
-    pub(crate) commit_waits: std::collections::HashMap<u64, crate::commit::CommitWait>,
-    next_wait_id: u64,
-    /// The CPU copy's thread (`None` if it couldn't start: copies then fail, visibly).
-    pub(crate) copy_worker: Option<crate::path::cpu_copy::CopyWorker>,
+    /// The commit pipeline: fence waits, CPU copies, maintenance, releases (see
+    /// [`crate::commit`]).
+    pub commits: crate::commit::CommitState,
     outputs: Vec<(Output, OutputConfig, smithay::reexports::wayland_server::backend::GlobalId)>,
     /// Per-output counters, by output (not by name: a name can come back after a hotplug).
     pub output_counters: std::collections::HashMap<Output, OutputCounters>,
@@ -184,38 +158,14 @@ pub struct Core<B: Backend> {
     pub(crate) connected_clients: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Live statistics, when they are written somewhere (see [`crate::stats`]).
     pub(crate) stats: Option<crate::stats::StatsWriter>,
-    /// When each client buffer stops being read, per path (see [`crate::path::release`]).
-    pub releases: crate::path::release::Releases,
     /// linux-drm-syncobj-v1, where a device supports it.
     pub syncobj: Option<crate::sync::explicit::SyncobjState>,
     /// Where the quirk database and overrides come from, to read them again (SIGHUP).
     pub(crate) coherency_options: crate::coherency::CoherencyOptions,
+    /// Reloads refused because a file was broken (the running configuration stayed).
+    pub config_reload_failures: u64,
     /// cohere-buffer-path-v1, unless turned off.
     pub buffer_path: Option<crate::buffer_path::BufferPathState>,
-}
-
-impl<B: Backend> Core<B> {
-    /// A fresh id for a commit wait.
-    pub(crate) fn next_wait_id(&mut self) -> u64 {
-        self.next_wait_id += 1;
-        self.next_wait_id
-    }
-
-    /// Drops the waits of surfaces that are gone (their client disconnected or destroyed
-    /// them): a fence's source and fd go with its wait, signalled or not.
-    pub fn prune_commit_waits(&mut self) {
-        self.releases.prune();
-        let handle = self.loop_handle.clone();
-        self.commit_waits.retain(|_, wait| {
-            let alive = wait.surface_alive();
-            if !alive {
-                if let Some(token) = wait.fence_source.take() {
-                    handle.remove(token);
-                }
-            }
-            alive
-        });
-    }
 }
 
 impl<B: Backend> Core<B> {
@@ -223,7 +173,7 @@ impl<B: Backend> Core<B> {
     pub fn new(display_handle: DisplayHandle, shell: ShellMode, loop_handle: LoopHandle<'static, State<B>>) -> Self {
         let dh = &display_handle;
         let clock = Clock::<Monotonic>::new();
-        let copy_worker = spawn_copy_worker(&loop_handle);
+        let commits = crate::commit::CommitState::new::<State<B>>(&loop_handle);
         let mut seat_state = SeatState::new();
         let mut seat = seat_state.new_wl_seat(dh, "seat0");
         // Both capabilities are present even headless so clients that require them still start.
@@ -252,19 +202,17 @@ impl<B: Backend> Core<B> {
             counters: Counters::default(),
             loop_handle,
             cursor: Cursor::default(),
-            commit_waits: Default::default(),
-            next_wait_id: 0,
-            copy_worker,
+            commits,
             control: Default::default(),
             outputs: Vec::new(),
             output_counters: Default::default(),
             input_devices: Vec::new(),
             connected_clients: Default::default(),
             stats: None,
-            releases: Default::default(),
             syncobj: None,
             buffer_path: None,
             coherency_options: Default::default(),
+            config_reload_failures: 0,
         }
     }
 
@@ -292,7 +240,7 @@ impl<B: Backend> Core<B> {
             let (_, _, global) = self.outputs.remove(i);
             self.display_handle.remove_global::<State<B>>(global);
             self.output_counters.remove(output);
-            self.releases.output_gone(output);
+            self.commits.releases.output_gone(output);
             tracing::info!(output = output.name(), "output removed");
         }
     }
@@ -338,8 +286,6 @@ impl<B: Backend> Core<B> {
 
     /// The CpuCopy executor copied `bytes` of `surface`: booked on the first output showing it.
     pub(crate) fn surface_copied(&mut self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface, bytes: u64) {
-        self.counters.cpu_copies += 1;
-        self.counters.bytes_copied += bytes;
         crate::paths::record_copy(surface, bytes);
         if let Some(output) = self.outputs_showing(surface).into_iter().next() {
             self.counters_of(&output).bytes_copied += bytes;

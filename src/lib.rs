@@ -29,7 +29,7 @@
 pub mod backend;
 pub mod buffer_path;
 pub mod coherency;
-mod commit;
+pub mod commit;
 pub mod compositor;
 pub mod core;
 pub mod cursor;

@@ -42,8 +42,6 @@ struct FrameRecord {
     last: Option<Observation>,
     /// Bytes the surface's newest CPU copy read.
     copy_bytes: u64,
-    /// Left out of a frame being built: a device was writing its buffer again.
-    withheld: bool,
 }
 
 fn with_record<T>(states: &SurfaceData, f: impl FnOnce(&mut FrameRecord) -> T) -> T {
@@ -57,18 +55,13 @@ pub(crate) fn record_copy(surface: &WlSurface, bytes: u64) {
     with_states(surface, |states| with_record(states, |r| r.copy_bytes = bytes));
 }
 
-/// The surface was left out of a frame being built (its buffer is being written again).
-pub(crate) fn record_withheld(states: &SurfaceData) {
-    with_record(states, |r| r.withheld = true);
-}
-
 /// Records what a frame on `output` (the surface's main output) did with the surface.
 pub(crate) fn record_frame(surface: &WlSurface, states: &SurfaceData, frame: &RenderElementStates, output: &Output) {
     let display = OutputDisplay::of(output);
     let state = frame.element_render_state(surface).map(|s| s.presentation_state);
     let copied = crate::path::cpu_copy::is_active(states);
+    let withheld = crate::path::elements::take_withheld(states);
     with_record(states, |record| {
-        let withheld = std::mem::take(&mut record.withheld);
         let shown = match state {
             Some(RenderElementPresentationState::ZeroCopy) => Shown::ZeroCopy,
             Some(RenderElementPresentationState::Rendering { reason }) => {

@@ -19,10 +19,8 @@ use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_pre
 use smithay::utils::{Buffer as BufferCoords, Monotonic, Physical, Point, Rectangle, Scale, Time};
 use smithay::wayland::presentation::Refresh;
 
-use smithay::backend::renderer::utils::RendererSurfaceStateUserData;
 use smithay::desktop::PopupManager;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
-use smithay::wayland::compositor::{with_surface_tree_downward, SurfaceData, TraversalAction};
 
 use crate::backend::Backend;
 use crate::core::Core;
@@ -109,9 +107,7 @@ where
     elements
 }
 
-/// One surface tree's elements, topmost first: each surface is drawn from its buffer, or from
-/// the CpuCopy executor's shadow when its buffer's plan says CpuCopy. Mirrors smithay's
-/// `render_elements_from_surface_tree`, which can't make that substitution.
+/// One surface tree's elements, topmost first, through the plan-following builder.
 fn surface_tree_elements<R>(
     renderer: &mut R,
     root: &WlSurface,
@@ -122,53 +118,14 @@ fn surface_tree_elements<R>(
     R: Renderer + ImportAll + ImportMem,
     R::TextureId: Clone + Texture + Send + 'static,
 {
-    let offset = |states: &SurfaceData, location: Point<f64, Physical>| -> Option<Point<f64, Physical>> {
-        let data = states.data_map.get::<RendererSurfaceStateUserData>()?;
-        let view = data.lock().unwrap_or_else(|e| e.into_inner()).view()?;
-        Some(location + view.offset.to_f64().to_physical(scale))
-    };
-    with_surface_tree_downward(
+    out.extend(crate::path::elements::surface_tree_elements::<R, OutputElement<R>>(
+        renderer,
         root,
-        location.to_f64(),
-        |_, states, location| match offset(states, *location) {
-            Some(location) => TraversalAction::DoChildren(location),
-            None => TraversalAction::SkipChildren,
-        },
-        |surface, states, location| {
-            let Some(location) = offset(states, *location) else { return };
-            if let Some(copied) = crate::path::cpu_copy::element(renderer, surface, states, location) {
-                out.push(OutputElement::Copied(copied));
-                return;
-            }
-            if fenced_since_commit(states) {
-                crate::paths::record_withheld(states);
-                return;
-            }
-            match WaylandSurfaceRenderElement::from_surface(renderer, surface, states, location, 1.0, Kind::Unspecified) {
-                Ok(Some(element)) => out.push(OutputElement::Surface(element)),
-                Ok(None) => {}
-                Err(err) => tracing::warn!(%err, "surface not imported"),
-            }
-        },
-        |_, _, _| true,
-    );
-}
-
-/// Commits wait for their dma-buf's acquire fence, so a committed buffer normally has none. One
-/// that gained a write fence afterwards (a client writing a buffer it handed over) would make
-/// the renderer's SYNC(START) wait on the event loop, or a plane hold back the whole CRTC: its
-/// surface is left out of the frame until the fence signals.
-fn fenced_since_commit(states: &SurfaceData) -> bool {
-    let Some(data) = states.data_map.get::<RendererSurfaceStateUserData>() else { return false };
-    let dmabuf = {
-        let data = data.lock().unwrap_or_else(|e| e.into_inner());
-        data.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
-    };
-    let fenced = dmabuf.is_some_and(|d| crate::sync::is_being_written(&d));
-    if fenced {
-        tracing::debug!("surface skipped: its buffer gained a write fence after the commit");
-    }
-    fenced
+        location,
+        scale,
+        1.0,
+        Kind::Unspecified,
+    ));
 }
 
 /// The current attaches (see [`crate::path::release`]) of the surfaces `states` put on planes.
@@ -179,7 +136,7 @@ pub(crate) fn scanned_out<B: Backend>(core: &Core<B>, states: &RenderElementStat
             let zero_copy = states.element_render_state(surface).is_some_and(|s| {
                 matches!(s.presentation_state, smithay::backend::renderer::element::RenderElementPresentationState::ZeroCopy)
             });
-            if let Some(id) = core.releases.current_of(surface).filter(|_| zero_copy) {
+            if let Some(id) = core.commits.releases.current_of(surface).filter(|_| zero_copy) {
                 attaches.push(id);
             }
         });

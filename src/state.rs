@@ -39,13 +39,13 @@ impl<B: Backend> CompositorHandler for State<B> {
     }
 
     fn new_surface(&mut self, surface: &WlSurface) {
-        add_pre_commit_hook::<Self, _>(surface, |state, _dh, surface| state.pre_commit(surface));
+        add_pre_commit_hook::<Self, _>(surface, |state, _dh, surface| crate::commit::pre_commit(state, surface));
     }
 
     fn commit(&mut self, surface: &WlSurface) {
         let attached = crate::commit::attached(surface);
         on_commit_buffer_handler::<Self>(surface);
-        self.committed(surface, attached);
+        crate::commit::committed(self, surface, attached);
         if !is_sync_subsurface(surface) {
             let mut root = surface.clone();
             while let Some(parent) = get_parent(&root) {
@@ -78,7 +78,7 @@ impl<B: Backend> State<B> {
     /// again with them: buffers are marked for planes anew, and clients that observe their
     /// buffer paths are told what changed. On an error nothing changes.
     pub fn reload_coherency(&mut self) -> Result<(), crate::coherency::QuirkError> {
-        let quirks = self.core.coherency_options.load()?;
+        let quirks = self.core.coherency_options.load().inspect_err(|_| self.core.config_reload_failures += 1)?;
         self.backend.coherency_mut().reload(quirks);
         self.plans_changed();
         Ok(())
@@ -89,6 +89,32 @@ impl<B: Backend> State<B> {
         self.backend.plans_changed();
         self.publish_all_paths();
         self.backend.schedule_redraw();
+    }
+}
+
+impl<B: Backend> crate::commit::CommitHandler for State<B> {
+    fn commit_state(&mut self) -> &mut crate::commit::CommitState {
+        &mut self.core.commits
+    }
+
+    fn coherency(&self) -> &crate::coherency::CoherencyState {
+        self.backend.coherency()
+    }
+
+    fn scanout_devices(&self) -> Vec<crate::coherency::DeviceId> {
+        self.backend.scanout_devices()
+    }
+
+    fn loop_handle(&self) -> smithay::reexports::calloop::LoopHandle<'static, Self> {
+        self.core.loop_handle.clone()
+    }
+
+    fn display_handle(&self) -> smithay::reexports::wayland_server::DisplayHandle {
+        self.core.display_handle.clone()
+    }
+
+    fn surface_copied(&mut self, surface: &WlSurface, bytes: u64) {
+        self.core.surface_copied(surface, bytes);
     }
 }
 

@@ -85,6 +85,9 @@ pub struct Stats {
     /// Times SIGHUP (or an embedder) reloaded the quirk database and overrides.
     #[serde(default)]
     pub config_reloads: u64,
+    /// Reloads refused because a file was broken (the running configuration stayed).
+    #[serde(default)]
+    pub config_reload_failures: u64,
     /// Batches of cohere-buffer-path-v1 events sent (`None`: not offered).
     #[serde(default)]
     pub buffer_path_batches: Option<u64>,
@@ -245,10 +248,10 @@ impl Stats {
             buffers_rejected: coherency.counters.rejected,
             decisions: coherency.counters.decisions.iter().map(|(&(access, path), &count)| DecisionCount { access, path, count }).collect(),
             live_buffers: plans.live_plans().map(|p| BufferStats { exporter: p.exporter.clone(), plan: p.into() }).collect(),
-            cpu_copies: core.counters.cpu_copies,
-            bytes_copied: core.counters.bytes_copied,
-            commits_held_for_fences: core.counters.fence_waits,
-            commits_waiting: core.commit_waits.len() as u64,
+            cpu_copies: core.commits.counters.cpu_copies,
+            bytes_copied: core.commits.counters.bytes_copied,
+            commits_held_for_fences: core.commits.counters.fence_waits,
+            commits_waiting: core.commits.waiting() as u64,
             screenshots: core.control.screenshots_written,
             coherency_devices: coherency
                 .machine
@@ -257,7 +260,7 @@ impl Stats {
                 .map(|d| KnownDevice { card: d.name.clone(), driver: d.driver.value.clone(), kms: d.kms })
                 .collect(),
             plans_recomputed: coherency.reprobes,
-            maintenances: core.counters.maintenances,
+            maintenances: core.commits.counters.maintenances,
             renderer: coherency.machine.render_consumer().name,
             renderer_reason: coherency.machine.renderer_reason.clone().unwrap_or_default(),
             explicit_sync: match &core.syncobj {
@@ -266,9 +269,10 @@ impl Stats {
             },
             timelines_imported: core.syncobj.as_ref().map_or(0, |s| s.timelines_imported),
             timelines_alive: core.syncobj.as_ref().map_or(0, |s| s.device().timelines_alive()),
-            releases: core.releases.counters.iter().map(|(&path, &counter)| ReleaseStats { path, counter }).collect(),
-            buffers_held: core.releases.pending() as u64,
+            releases: core.commits.releases.counters.iter().map(|(&path, &counter)| ReleaseStats { path, counter }).collect(),
+            buffers_held: core.commits.releases.pending() as u64,
             config_reloads: coherency.reloads,
+            config_reload_failures: core.config_reload_failures,
             buffer_path_batches: core.buffer_path.as_ref().map(|b| b.batches_sent),
         }
     }

@@ -19,6 +19,7 @@ use crate::backend::Backend;
 use crate::coherency::{CoherencyState, ProbeOptions, Quirks, RendererChoice};
 use crate::core::Core;
 use crate::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
+use crate::path::guard::Guarded;
 use crate::render::{clear_color, output_elements, read_framebuffer, Screenshot, ScreenshotError};
 use crate::State;
 
@@ -140,8 +141,8 @@ where
 
 #[allow(clippy::large_enum_variant)] // one per backend, never moved after creation
 enum AnyRenderer {
-    Pixman(Swapchains<PixmanRenderer, Image<'static, 'static>>),
-    Gles(Swapchains<GlesRenderer, GlesRenderbuffer>),
+    Pixman(Swapchains<Guarded<PixmanRenderer>, Image<'static, 'static>>),
+    Gles(Swapchains<Guarded<GlesRenderer>, GlesRenderbuffer>),
 }
 
 /// Runs `$body` with `$r` bound to whichever offscreen renderer is active.
@@ -174,17 +175,25 @@ impl Headless {
             (RendererKind::Gles, Some(device)) => {
                 let egl = super::renderer::egl_device(device).ok_or(HeadlessError::NoSoftwareDevice)?;
                 let gles = super::renderer::gles_on(&egl).map_err(HeadlessError::Egl)?;
-                let swapchains = Swapchains { renderer: gles, format: Fourcc::Abgr8888, outputs: Vec::new() };
-                (AnyRenderer::Gles(swapchains), RendererChoice::Gles(super::renderer::gles_facts(device)))
+                (super::renderer::Unguarded::Gles(gles), RendererChoice::Gles(super::renderer::gles_facts(device)))
             }
-            _ => {
-                let pixman = PixmanRenderer::new().map_err(HeadlessError::Pixman)?;
-                let swapchains = Swapchains { renderer: pixman, format: Fourcc::Argb8888, outputs: Vec::new() };
-                (AnyRenderer::Pixman(swapchains), RendererChoice::Cpu("pixman".into()))
-            }
+            _ => (
+                super::renderer::Unguarded::Pixman(PixmanRenderer::new().map_err(HeadlessError::Pixman)?),
+                RendererChoice::Cpu("pixman".into()),
+            ),
         };
         let probe = ProbeOptions { renderer_reason: Some(decision.reason.clone()), ..ProbeOptions::live(choice) };
         let coherency = CoherencyState::new(quirks, &probe);
+        // The renderer reads no client buffer the plan keeps from it.
+        let verdicts = coherency.plans.verdicts();
+        let renderer = match renderer {
+            super::renderer::Unguarded::Gles(gles) => {
+                AnyRenderer::Gles(Swapchains { renderer: Guarded::new(gles, verdicts), format: Fourcc::Abgr8888, outputs: Vec::new() })
+            }
+            super::renderer::Unguarded::Pixman(pixman) => {
+                AnyRenderer::Pixman(Swapchains { renderer: Guarded::new(pixman, verdicts), format: Fourcc::Argb8888, outputs: Vec::new() })
+            }
+        };
         let formats: Vec<_> = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
         let implicit_modifier = super::implicit_modifier(&coherency);
         let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device, implicit_modifier })?;

@@ -194,6 +194,13 @@ pub fn gl_renderer_string(renderer: &mut GlesRenderer) -> String {
         .unwrap_or_default()
 }
 
+/// A renderer made before the plans exist to guard it (see [`crate::path::guard`]).
+#[allow(clippy::large_enum_variant)] // made once at start-up
+pub(crate) enum Unguarded {
+    Pixman(smithay::backend::renderer::pixman::PixmanRenderer),
+    Gles(smithay::backend::renderer::gles::GlesRenderer),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,57 @@ impl PlanCounters {
 #[derive(Debug, Default)]
 pub struct PlanCache {
     entries: Vec<Entry>,
+    verdicts: Verdicts,
+}
+
+/// The plans' answers to the two questions asked where no plan cache is at hand: may the
+/// renderer read this buffer itself (asked by [`crate::path::guard::Guarded`]), and may this
+/// display scan it out (asked by [`crate::path::direct::ScanoutFilter`]). Buffers are known by
+/// their identity, never by `Dmabuf::node()` (which smithay's MultiRenderer rewrites) or by a
+/// name. A cheap handle: clones share the answers, which the [`PlanCache`] keeps current.
+#[derive(Debug, Clone, Default)]
+pub struct Verdicts(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<smithay::backend::allocator::dmabuf::WeakDmabuf, Verdict>>>);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Verdict {
+    /// The renderer reads the buffer itself (Direct or DirectWithMaintenance).
+    render_reads: bool,
+    /// The displays whose planes may take it (Direct or DirectWithMaintenance).
+    scanout: Vec<DeviceId>,
+}
+
+impl Verdicts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<smithay::backend::allocator::dmabuf::WeakDmabuf, Verdict>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the renderer may import `dmabuf` and read it itself. A buffer without a plan
+    /// (not a client's, or not planned by cohere) is not cohere's to refuse.
+    pub fn render_may_read(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
+        self.lock().get(&dmabuf.weak()).map_or(true, |v| v.render_reads)
+    }
+
+    /// Whether the planes of display `device` may scan `dmabuf` out. Only planned buffers may.
+    pub fn scanout_allowed(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf, device: DeviceId) -> bool {
+        self.lock().get(&dmabuf.weak()).is_some_and(|v| v.scanout.contains(&device))
+    }
+
+    fn set(&self, dmabuf: &smithay::backend::allocator::dmabuf::WeakDmabuf, plan: &BufferPlan) {
+        let scanout = plan
+            .scanout
+            .iter()
+            .filter(|c| c.path().reads_buffer())
+            .filter_map(|c| match c.consumer {
+                ConsumerId::Scanout(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        self.lock().insert(dmabuf.clone(), Verdict { render_reads: plan.render.path().reads_buffer(), scanout });
+    }
+
+    fn prune(&self) {
+        self.lock().retain(|buffer, _| buffer.upgrade().is_some());
+    }
 }
 
 #[derive(Debug)]
@@ -106,7 +157,13 @@ impl PlanCache {
 
     fn push(&mut self, entry: Entry) {
         self.prune();
+        self.verdicts.set(&entry.buffer, &entry.plan);
         self.entries.push(entry);
+    }
+
+    /// The plans' answers, for framebuffer exporters and renderers (see [`Verdicts`]).
+    pub fn verdicts(&self) -> Verdicts {
+        self.verdicts.clone()
     }
 
     fn entry_mut(&mut self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<&mut Entry> {
@@ -142,6 +199,7 @@ impl PlanCache {
     /// Drops entries whose buffer is gone.
     pub fn prune(&mut self) {
         self.entries.retain(|e| e.buffer.upgrade().is_some());
+        self.verdicts.prune();
     }
 
     pub fn len(&self) -> usize {
@@ -167,6 +225,7 @@ impl PlanCache {
         self.prune();
         for entry in &mut self.entries {
             entry.replan(machine);
+            self.verdicts.set(&entry.buffer, &entry.plan);
         }
     }
 
@@ -177,6 +236,7 @@ impl PlanCache {
         for entry in &mut self.entries {
             entry.exporter = ExporterFacts::lookup(entry.exporter.name.clone(), quirks);
             entry.replan(machine);
+            self.verdicts.set(&entry.buffer, &entry.plan);
         }
     }
 }
@@ -313,6 +373,8 @@ impl CoherencyState {
         let old = entry.plan.clone();
         entry.replan(machine);
         let plan = entry.plan.clone();
+        let buffer = entry.buffer.clone();
+        self.plans.verdicts.set(&buffer, &plan);
         self.counters.unrecord(&old);
         self.counters.record(&plan);
         tracing::debug!(plan = %plan, "buffer planned again: the renderer can't import it");

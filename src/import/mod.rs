@@ -213,12 +213,18 @@ impl ImportState {
 }
 
 /// The dma-buf of `surface`'s current buffer, if it is one (cohere's `wl_buffer`s carry their
-/// `Dmabuf` as user data).
+/// `Dmabuf` as user data). It locks the surface's state: inside a `with_states` or
+/// `with_surface_tree_*` callback, which holds that lock already, use [`states_dmabuf`].
 pub fn surface_dmabuf(surface: &WlSurface) -> Option<Dmabuf> {
-    smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| {
-        s.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
-    })
-    .flatten()
+    smithay::wayland::compositor::with_states(surface, states_dmabuf)
+}
+
+/// The dma-buf of the current buffer of the surface whose `states` these are: the lookup for
+/// code that already holds them (a `with_states` or `with_surface_tree_*` callback).
+pub fn states_dmabuf(states: &smithay::wayland::compositor::SurfaceData) -> Option<Dmabuf> {
+    let data = states.data_map.get::<smithay::backend::renderer::utils::RendererSurfaceStateUserData>()?;
+    let data = data.lock().unwrap_or_else(|e| e.into_inner());
+    data.buffer().and_then(|b| smithay::wayland::dmabuf::get_dmabuf(b).ok().cloned())
 }
 
 /// Delegates linux-dmabuf and dma-buf `wl_buffer`s of `$ty` to [`ImportState`]. `$ty` must

@@ -1,16 +1,41 @@
-//! Direct scanout: smithay's GBM framebuffer exporter accepts a client buffer for a plane only
-//! when the buffer's `node()` is the device's node. Setting that node here, and only for
-//! buffers whose plan says `Direct` or `DirectWithMaintenance` for that device's scanout, is how
-//! the plan keeps every other buffer off the planes (it is then composited).
+//! Direct scanout: a client buffer goes on a display's planes only where its plan says Direct
+//! or DirectWithMaintenance for that display. [`ScanoutFilter`] wraps any smithay framebuffer
+//! exporter and asks the plans ([`Verdicts`]) by the buffer's identity and the display's
+//! device: it doesn't look at `Dmabuf::node()` (smithay's MultiRenderer rewrites it when it
+//! imports on the render GPU) or at any name. Every other client buffer is composited.
+//!
+//! # How to use
+//!
+//! Give each display's `DrmCompositor` its exporter wrapped in a filter for that display:
+//!
+//! ```no_run
+//! use cohere::coherency::{DeviceId, Verdicts};
+//! use cohere::path::direct::ScanoutFilter;
+//! use smithay::backend::drm::DrmNode;
+//! # fn f(verdicts: Verdicts, node: DrmNode, exporter: smithay::backend::drm::DrmDeviceFd) {
+//! // `verdicts` is `coherency.plans.verdicts()`; `exporter` any ExportFramebuffer (GBM, dumb).
+//! let filtered = ScanoutFilter::new(exporter, DeviceId::from(node), verdicts);
+//! # }
+//! ```
 
-use smithay::backend::allocator::dmabuf::Dmabuf;
-use smithay::backend::drm::DrmNode;
+use smithay::backend::allocator::Buffer;
+use smithay::backend::drm::exporter::{ExportBuffer, ExportFramebuffer};
+use smithay::backend::drm::{DrmDeviceFd, DrmNode};
 
-use crate::coherency::{BufferPlan, ConsumerId, DeviceId, Path};
+use crate::coherency::{BufferPlan, ConsumerId, DeviceId, Path, Verdicts};
+
+impl From<DrmNode> for DeviceId {
+    /// The display device of a DRM node: the dev_t of its primary node.
+    fn from(node: DrmNode) -> Self {
+        let primary = node.node_with_type(smithay::backend::drm::NodeType::Primary).and_then(Result::ok).unwrap_or(node);
+        DeviceId(primary.dev_id())
+    }
+}
 
 /// The first of `devices`, in the plan's order, whose display engine the plan lets read the
 /// buffer directly: as it is, or after cache maintenance (which [`super::maintenance`] does
-/// before every new commit of such a buffer).
+/// before every new commit of such a buffer). The surface's dma-buf feedback offers that
+/// device's scanout tranche.
 pub fn scanout_device(plan: &BufferPlan, devices: &[DeviceId]) -> Option<DeviceId> {
     plan.scanout
         .iter()
@@ -18,96 +43,60 @@ pub fn scanout_device(plan: &BufferPlan, devices: &[DeviceId]) -> Option<DeviceI
         .find_map(|c| devices.iter().find(|d| ConsumerId::Scanout(**d) == c.consumer).copied())
 }
 
-/// Marks `dmabuf` with the node of [`scanout_device`] among `devices`, or clears the mark.
-pub fn mark_for_scanout(dmabuf: &Dmabuf, plan: &BufferPlan, devices: &[DrmNode]) -> Option<DrmNode> {
-    let ids: Vec<DeviceId> = devices.iter().map(|n| DeviceId(n.dev_id())).collect();
-    let chosen = scanout_device(plan, &ids);
-    let node = devices.iter().find(|n| Some(DeviceId(n.dev_id())) == chosen).copied();
-    dmabuf.set_node(node);
-    tracing::debug!(node = ?node, "direct scanout allowed on");
-    node
-}
-
-use smithay::backend::allocator::dumb::DumbBuffer;
-use smithay::backend::allocator::gbm::GbmDevice;
-use smithay::backend::drm::dumb::{framebuffer_from_dumb_buffer, DumbFramebuffer};
-use smithay::backend::drm::exporter::{ExportBuffer, ExportFramebuffer};
-use smithay::backend::drm::gbm::{framebuffer_from_wayland_buffer, GbmFramebuffer};
-use smithay::backend::drm::{DrmDeviceFd, Framebuffer};
-use smithay::reexports::drm::control::framebuffer;
-
-/// Framebuffer exporter that applies the plan: the compositor's own swapchain buffers (dumb,
-/// LINEAR, which every KMS device scans out and Pixman can draw into) always; a client buffer
-/// only when [`mark_for_scanout`] marked it with this device.
+/// A framebuffer exporter that lets a client buffer onto the planes of `device` only where the
+/// plan allows it, and leaves everything else (the compositor's own swapchain buffers) to the
+/// exporter it wraps.
+///
+/// For client buffers the plan replaces the wrapped exporter's own eligibility check (smithay's
+/// GBM exporter compares `Dmabuf::node()` with its import node); the wrapped exporter still
+/// makes the framebuffer, so it must be able to import client dma-bufs (smithay's
+/// `GbmFramebufferExporter` can; the plain dumb exporter can't, and such buffers are then
+/// composited).
 #[derive(Debug)]
-pub struct PlanExporter {
-    gbm: GbmDevice<DrmDeviceFd>,
-    node: DrmNode,
+pub struct ScanoutFilter<E> {
+    inner: E,
+    device: DeviceId,
+    verdicts: Verdicts,
 }
 
-impl PlanExporter {
-    pub fn new(gbm: GbmDevice<DrmDeviceFd>, node: DrmNode) -> Self {
-        Self { gbm, node }
+impl<E> ScanoutFilter<E> {
+    /// Wraps `inner`, the exporter of display `device`; `verdicts` are the plans' answers
+    /// (`PlanCache::verdicts`).
+    pub fn new(inner: E, device: DeviceId, verdicts: Verdicts) -> Self {
+        Self { inner, device, verdicts }
+    }
+
+    /// The wrapped exporter.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+
+    /// Whether the plan lets `buffer` (a client's) onto this display's planes.
+    fn admits(&self, buffer: &smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer) -> bool {
+        smithay::wayland::dmabuf::get_dmabuf(buffer).is_ok_and(|d| self.verdicts.scanout_allowed(d, self.device))
     }
 }
 
-/// A swapchain framebuffer or a client buffer's.
-#[derive(Debug)]
-pub enum PlanFramebuffer {
-    Swapchain(DumbFramebuffer),
-    Client(GbmFramebuffer),
-}
-
-impl AsRef<framebuffer::Handle> for PlanFramebuffer {
-    fn as_ref(&self) -> &framebuffer::Handle {
-        match self {
-            PlanFramebuffer::Swapchain(f) => f.as_ref(),
-            PlanFramebuffer::Client(f) => f.as_ref(),
-        }
-    }
-}
-
-impl Framebuffer for PlanFramebuffer {
-    fn format(&self) -> smithay::backend::allocator::Format {
-        match self {
-            PlanFramebuffer::Swapchain(f) => f.format(),
-            PlanFramebuffer::Client(f) => f.format(),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error("swapchain framebuffer: {0}")]
-    Swapchain(smithay::backend::drm::DrmError),
-    #[error("client framebuffer: {0}")]
-    Client(smithay::backend::drm::gbm::Error),
-}
-
-impl ExportFramebuffer<DumbBuffer> for PlanExporter {
-    type Framebuffer = PlanFramebuffer;
-    type Error = ExportError;
+impl<B: Buffer, E: ExportFramebuffer<B>> ExportFramebuffer<B> for ScanoutFilter<E> {
+    type Framebuffer = E::Framebuffer;
+    type Error = E::Error;
 
     fn add_framebuffer(
         &self,
         drm: &DrmDeviceFd,
-        buffer: ExportBuffer<'_, DumbBuffer>,
+        buffer: ExportBuffer<'_, B>,
         use_opaque: bool,
-    ) -> Result<Option<PlanFramebuffer>, ExportError> {
+    ) -> Result<Option<E::Framebuffer>, E::Error> {
         match buffer {
-            ExportBuffer::Wayland(wl) => framebuffer_from_wayland_buffer(drm, &self.gbm, wl, use_opaque)
-                .map(|fb| fb.map(PlanFramebuffer::Client))
-                .map_err(ExportError::Client),
-            ExportBuffer::Allocator(dumb) => framebuffer_from_dumb_buffer(drm, dumb, use_opaque)
-                .map(|fb| Some(PlanFramebuffer::Swapchain(fb)))
-                .map_err(|e| ExportError::Swapchain(e.into())),
+            ExportBuffer::Wayland(wl) if !self.admits(wl) => Ok(None),
+            buffer => self.inner.add_framebuffer(drm, buffer, use_opaque),
         }
     }
 
-    fn can_add_framebuffer(&self, buffer: &ExportBuffer<'_, DumbBuffer>) -> bool {
+    fn can_add_framebuffer(&self, buffer: &ExportBuffer<'_, B>) -> bool {
         match buffer {
-            ExportBuffer::Wayland(wl) => smithay::wayland::dmabuf::get_dmabuf(wl).is_ok_and(|d| d.node() == Some(self.node)),
-            ExportBuffer::Allocator(_) => true,
+            ExportBuffer::Wayland(wl) => self.admits(wl),
+            ExportBuffer::Allocator(_) => self.inner.can_add_framebuffer(buffer),
         }
     }
 }

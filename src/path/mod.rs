@@ -10,5 +10,7 @@
 
 pub mod cpu_copy;
 pub mod direct;
+pub mod elements;
+pub mod guard;
 pub mod maintenance;
 pub mod release;

@@ -193,6 +193,7 @@ fn buffer_path_sighup_reloads_and_the_client_is_told() -> Result<(), String> {
     // A broken file leaves the running configuration in place and cohere running.
     std::fs::write(&config, "[exporter.udmabuf]\nmemory = \"sticky\"\n").check("config")?;
     cohere.signal(rustix::process::Signal::HUP)?;
+    cohere.wait("the broken configuration refused", |s| s.config_reload_failures == 1)?;
     let stopped = cohere.stop()?;
     ensure_eq!((stopped.status, stopped.stats.config_reloads), (Some(0), 1), "exit status and reloads");
     if !stopped.log.contains("configuration not reloaded") {

@@ -22,14 +22,15 @@ use smithay::reexports::drm::Device as _;
 use smithay::reexports::rustix::fs::OFlags;
 use smithay::utils::DeviceFd;
 
+use super::exporter::SwapchainExporter;
 use super::Drm;
 use crate::coherency::DeviceId;
 use crate::core::{Core, OutputConfig};
-use crate::path::direct::PlanExporter;
+use crate::path::direct::ScanoutFilter;
 use crate::render::OutputElement;
 use crate::State;
 
-type Compositor = DrmCompositor<DumbAllocator, PlanExporter, (), DrmDeviceFd>;
+type Compositor = DrmCompositor<DumbAllocator, ScanoutFilter<SwapchainExporter>, (), DrmDeviceFd>;
 
 /// An error of smithay's `DrmCompositor` (its type is generic over the allocator and exporter).
 pub type CompositorError = Box<dyn std::error::Error + Send + Sync>;
@@ -99,6 +100,13 @@ pub(crate) enum Rendered {
     },
 }
 
+/// What every display needs from the backend: the formats the renderer draws into and the
+/// plans' answers for its framebuffer exporter.
+pub(crate) struct Setup<'a> {
+    pub renderer_formats: &'a [Format],
+    pub verdicts: &'a crate::coherency::Verdicts,
+}
+
 /// A DRM device cohere drives.
 pub struct Device {
     pub card: String,
@@ -114,7 +122,7 @@ impl Device {
     /// Opens `path` through the session and creates an output for each connected connector.
     pub(crate) fn open(
         session: &mut LibSeatSession,
-        renderer_formats: &[Format],
+        setup: &Setup<'_>,
         handle: &LoopHandle<'static, State<Drm>>,
         core: &mut Core<Drm>,
         path: &Path,
@@ -138,7 +146,7 @@ impl Device {
 
         let mut surfaces = HashMap::new();
         // On failure part-way, take back the outputs already announced and the event source.
-        if let Err(err) = add_outputs(&mut drm, &gbm, node, &card, &driver, renderer_formats, core, &mut surfaces) {
+        if let Err(err) = add_outputs(&mut drm, &gbm, node, &card, &driver, setup, core, &mut surfaces) {
             for s in surfaces.values() {
                 core.remove_output(&s.output);
             }
@@ -272,7 +280,7 @@ fn add_outputs(
     node: DrmNode,
     card: &str,
     driver: &str,
-    renderer_formats: &[Format],
+    setup: &Setup<'_>,
     core: &mut Core<Drm>,
     surfaces: &mut HashMap<crtc::Handle, Surface>,
 ) -> Result<(), DeviceError> {
@@ -310,7 +318,7 @@ fn add_outputs(
         // them (GBM on kms_swrast reports an implicit modifier Pixman won't bind). Client
         // buffers reach a plane only if the plan marked them for this node (path::direct).
         let allocator = DumbAllocator::new(drm.device_fd().clone());
-        let exporter = PlanExporter::new(gbm.clone(), node);
+        let exporter = ScanoutFilter::new(SwapchainExporter::new(gbm.clone()), DeviceId::from(node), setup.verdicts.clone());
         let cursor = drm.cursor_size();
         let compositor = DrmCompositor::new(
             smithay::output::OutputModeSource::Auto(output.clone()),
@@ -319,7 +327,7 @@ fn add_outputs(
             allocator,
             exporter,
             [Fourcc::Xrgb8888, Fourcc::Argb8888],
-            renderer_formats.iter().copied(),
+            setup.renderer_formats.iter().copied(),
             cursor,
             // GBM for the cursor plane: smithay writes Kind::Cursor elements into cursor BOs.
             Some(gbm.clone()),

@@ -4,11 +4,12 @@
 //! display device's own scanout buffers (dumb, linear, imported by the renderer), so rendering
 //! on one device and scanning out on another needs no copy.
 //!
-//! Which client buffers may go on a plane is the coherency plan's decision: the direct-scanout
-//! executor ([`crate::path::direct`]) marks a buffer with the device it may be scanned out on,
-//! and only then does the framebuffer exporter accept it. Everything else is composited.
+//! Which client buffers may go on a plane is the coherency plan's decision: each display's
+//! framebuffer exporter is wrapped in [`crate::path::direct::ScanoutFilter`], which asks the
+//! plans by the buffer's identity and the display's device. Everything else is composited.
 
 mod device;
+mod exporter;
 mod start;
 
 use std::collections::HashMap;
@@ -25,9 +26,11 @@ use smithay::output::Output;
 use smithay::reexports::calloop::LoopHandle;
 use smithay::reexports::wayland_server::DisplayHandle;
 
+use crate::backend::renderer::Unguarded;
 use crate::backend::Backend;
 use crate::coherency::{CoherencyState, ProbeOptions, Quirks, RendererChoice};
 use crate::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
+use crate::path::guard::Guarded;
 use crate::State;
 
 pub use device::{Device, DeviceError};
@@ -67,8 +70,8 @@ pub struct Drm {
 /// The renderer that composites on every display.
 #[allow(clippy::large_enum_variant)] // one per backend, never moved after creation
 pub enum KmsRenderer {
-    Pixman(PixmanRenderer),
-    Gles(GlesRenderer),
+    Pixman(Guarded<PixmanRenderer>),
+    Gles(Guarded<GlesRenderer>),
 }
 
 /// Runs `$body` with `$r` bound to whichever renderer is active.
@@ -106,12 +109,18 @@ impl Drm {
                 let egl =
                     crate::backend::renderer::egl_device(device).ok_or_else(|| DrmBackendError::Gles("the EGL device is gone".into()))?;
                 let gles = crate::backend::renderer::gles_on(&egl).map_err(DrmBackendError::Gles)?;
-                (KmsRenderer::Gles(gles), RendererChoice::Gles(crate::backend::renderer::gles_facts(device)))
+                (Unguarded::Gles(gles), RendererChoice::Gles(crate::backend::renderer::gles_facts(device)))
             }
-            _ => (KmsRenderer::Pixman(PixmanRenderer::new().map_err(DrmBackendError::Renderer)?), RendererChoice::Cpu("pixman".into())),
+            _ => (Unguarded::Pixman(PixmanRenderer::new().map_err(DrmBackendError::Renderer)?), RendererChoice::Cpu("pixman".into())),
         };
         let probe = ProbeOptions { renderer_reason: Some(decision.reason.clone()), ..ProbeOptions::live(choice) };
         let coherency = CoherencyState::new(quirks, &probe);
+        // The renderer reads no client buffer the plan keeps from it.
+        let verdicts = coherency.plans.verdicts();
+        let renderer = match renderer {
+            Unguarded::Pixman(pixman) => KmsRenderer::Pixman(Guarded::new(pixman, verdicts)),
+            Unguarded::Gles(gles) => KmsRenderer::Gles(Guarded::new(gles, verdicts)),
+        };
         let formats = renderer.dmabuf_formats();
         let implicit_modifier = super::implicit_modifier(&coherency);
         let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device, implicit_modifier })?;
@@ -135,8 +144,9 @@ impl Drm {
         surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface,
     ) -> Option<crate::import::Feedback> {
         let dmabuf = crate::import::surface_dmabuf(surface)?;
-        let node = dmabuf.node()?;
-        let device = self.devices.get(&node)?;
+        let plan = self.coherency.plans.get(&dmabuf)?;
+        let id = crate::path::direct::scanout_device(plan, &self.scanout_devices())?;
+        let (node, device) = self.devices.iter().find(|(n, _)| crate::coherency::DeviceId::from(**n) == id)?;
         let render = self.import.formats().to_vec();
         let scanout: Vec<_> = device.scanout_formats().into_iter().filter(|f| render.contains(f)).collect();
         let main = self.import.default_feedback().map_or(node.dev_id(), |f| f.main_device);
@@ -158,14 +168,6 @@ impl Backend for Drm {
         &mut self.coherency
     }
 
-    fn plans_changed(&mut self) {
-        // A buffer may go on the planes its new plan allows, and only there.
-        let nodes: Vec<DrmNode> = self.devices.keys().copied().collect();
-        for (dmabuf, plan) in self.coherency.plans.live() {
-            crate::path::direct::mark_for_scanout(&dmabuf, plan, &nodes);
-        }
-    }
-
     fn surface_committed(&mut self, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) {
         // Most surfaces never ask for feedback: don't work out a plan-based feedback per commit.
         if !self.import.has_surface_feedback(surface) {
@@ -176,7 +178,7 @@ impl Backend for Drm {
     }
 
     fn scanout_devices(&self) -> Vec<crate::coherency::DeviceId> {
-        self.devices.keys().map(|n| crate::coherency::DeviceId(n.dev_id())).collect()
+        self.devices.keys().map(|n| crate::coherency::DeviceId::from(*n)).collect()
     }
 
     fn device_stats(&self) -> Vec<crate::stats::DeviceStats> {
@@ -205,10 +207,8 @@ impl ImportHandler for State<Drm> {
     }
 
     fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected> {
-        let Drm { renderer, coherency, devices, .. } = &mut self.backend;
-        let plan = super::plan_and_test_import(coherency, dmabuf, |d| renderer.import(d))?;
-        let nodes: Vec<DrmNode> = devices.keys().copied().collect();
-        crate::path::direct::mark_for_scanout(dmabuf, &plan, &nodes);
+        let Drm { renderer, coherency, .. } = &mut self.backend;
+        super::plan_and_test_import(coherency, dmabuf, |d| renderer.import(d))?;
         Ok(())
     }
 
@@ -263,8 +263,8 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
             // The client buffers this frame scans out stay in use until a later frame replaced
             // it on screen.
             let on_planes = crate::render::scanned_out(&state.core, &states);
-            state.core.releases.frame_queued(output, on_planes);
-            state.core.releases.rendered(fence);
+            state.core.commits.releases.frame_queued(output, on_planes);
+            state.core.commits.releases.rendered(fence);
             if let Some(dev) = state.backend.devices.get_mut(&node) {
                 dev.set_pending_states(crtc, states);
             }
@@ -325,8 +325,8 @@ pub(crate) fn vblank(state: &mut State<Drm>, node: DrmNode, crtc: smithay::reexp
     let Some((output, states)) = device.frame_submitted(crtc) else { return };
     let now = state.core.clock.now();
     state.core.counters_of(&output).flips += 1;
-    state.core.releases.frame_shown(&output);
-    state.core.releases.poll_deferred();
+    state.core.commits.releases.frame_shown(&output);
+    state.core.commits.releases.poll_deferred();
     finish(state, &output, &states, now, refresh_of(&output));
     state.backend.busy.remove(&output);
     render_output(state, &output, Trigger::Vblank);

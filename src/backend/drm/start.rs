@@ -116,7 +116,9 @@ fn add_device(state: &mut State<Drm>, path: &std::path::Path) {
     }
     let handle = state.backend.handle.clone();
     let formats = state.backend.renderer.dmabuf_formats();
-    match Device::open(&mut state.backend.session, &formats, &handle, &mut state.core, path) {
+    let verdicts = state.backend.coherency.plans.verdicts();
+    let setup = super::device::Setup { renderer_formats: &formats, verdicts: &verdicts };
+    match Device::open(&mut state.backend.session, &setup, &handle, &mut state.core, path) {
         Ok(device) => {
             tracing::info!(card = device.card, driver = device.driver, outputs = device.outputs().count(), "DRM device added");
             let outputs: Vec<_> = device.outputs().cloned().collect();

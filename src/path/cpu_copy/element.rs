@@ -26,6 +26,8 @@ pub fn element<R>(
     surface: &WlSurface,
     states: &SurfaceData,
     location: Point<f64, Physical>,
+    alpha: f32,
+    kind: Kind,
 ) -> Option<CopiedSurfaceElement<R>>
 where
     R: Renderer + ImportMem,
@@ -38,17 +40,10 @@ where
     let rs = rs.lock().unwrap_or_else(|e| e.into_inner());
     let view = rs.view()?;
     let buffer = rs.buffer().cloned();
-    let copy = MemoryRenderBufferRenderElement::from_buffer(
-        renderer,
-        location,
-        &shadow.buffer,
-        None,
-        Some(view.src),
-        Some(view.dst),
-        Kind::Unspecified,
-    )
-    .map_err(|err| tracing::warn!(%err, "copied surface: texture import failed"))
-    .ok()?;
+    let copy =
+        MemoryRenderBufferRenderElement::from_buffer(renderer, location, &shadow.buffer, Some(alpha), Some(view.src), Some(view.dst), kind)
+            .map_err(|err| tracing::warn!(%err, "copied surface: texture import failed"))
+            .ok()?;
     Some(CopiedSurfaceElement { id: Id::from_wayland_resource(surface), copy, buffer })
 }
 

@@ -13,7 +13,7 @@
 //!
 //! The surface still scans out directly where the plan allows it (a `drm` buffer on vkms):
 //! [`CopiedSurfaceElement`] draws from the shadow but offers the client buffer to the plane
-//! assignment, and [`super::direct::PlanExporter`] takes it only when marked for that device.
+//! assignment, and [`super::direct::ScanoutFilter`] lets it through only where the plan allows.
 
 mod element;
 pub mod worker;

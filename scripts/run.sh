@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 setup_host
-say "building cohere (cargo build)"
-cargo build --quiet
+say "building cohere (cargo build --features cli)"
+cargo build --quiet --features cli
 if [ -z "${COHERE_HEADLESS:-}" ] && ./target/debug/cohere check-kms 2>/dev/null; then
   say "running on KMS (kiosk, weston-simple-shm) until the client exits or Ctrl+C"
   exec ./target/debug/cohere --kiosk -- weston-simple-shm

@@ -3,7 +3,7 @@
 //!
 //! A commit that brings a dma-buf may have to wait (a smithay commit blocker) for two things,
 //! in this order:
-//! 1. the buffer's acquire fence, when a device is still writing it ([`crate::sync::acquire`]),
+//! 1. the buffer's acquire fence, when a device is still writing it ([`crate::sync::acquire`](mod@crate::sync::acquire)),
 //!    or its linux-drm-syncobj-v1 acquire point;
 //! 2. its CPU copy, when the plan says CpuCopy ([`crate::path::cpu_copy`]): the copy thread
 //!    reads the damage, and the event loop writes it into the surface's shadow; or its cache
@@ -102,6 +102,7 @@ pub struct CommitCounters {
     pub fence_waits: u64,
     /// Commits whose damage the CPU copy copied, and the bytes it copied.
     pub cpu_copies: u64,
+    /// Bytes the CPU copy read.
     pub bytes_copied: u64,
     /// Commits of DirectWithMaintenance buffers whose caches were written back before scanout.
     pub maintenances: u64,
@@ -118,6 +119,7 @@ pub struct CommitState {
     worker: Option<CopyWorker>,
     /// When each applied dma-buf commit stops being read, and its release.
     pub releases: Releases,
+    /// What the pipeline counted.
     pub counters: CommitCounters,
 }
 

@@ -1,6 +1,28 @@
 //! The runnable compositor: event loop, Wayland display and socket, frame pacing, the launched
 //! app, screenshots and exit conditions. The `cohere` binary is a thin CLI over this type, and
-//! an embedder can drive it the same way.
+//! a program can drive it the same way.
+//!
+//! # How to use
+//!
+//! A headless compositor with one 640x480 output. The `cohere` binary does the same with a
+//! listening socket and [`Compositor::run`].
+//!
+//! ```no_run
+//! use cohere::{Compositor, Options, OutputConfig, ShellMode, SocketChoice};
+//!
+//! let options = Options {
+//!     shell: ShellMode::Kiosk,
+//!     outputs: vec![OutputConfig { size: (640, 480), refresh_mhz: 60_000 }],
+//!     socket: SocketChoice::Auto,
+//!     exit_after_frames: Some(120),
+//!     ..Options::default()
+//! };
+//! let mut compositor = Compositor::new_headless(options)?;
+//! println!("WAYLAND_DISPLAY={:?}", compositor.socket_name());
+//! let exit = compositor.run();
+//! println!("stopped: {exit:?}");
+//! # Ok::<(), cohere::StartError>(())
+//! ```
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -21,7 +43,7 @@ use crate::backend::headless::{Headless, HeadlessError};
 use crate::backend::renderer::RendererPreference;
 use crate::backend::Backend;
 use crate::core::{Core, OutputConfig};
-use crate::render::{finish_frame, Screenshot};
+use crate::render::{finish_frame, Presented, Screenshot};
 use crate::shell::ShellMode;
 use crate::State;
 
@@ -52,7 +74,9 @@ pub enum SocketChoice {
 /// set), and again on every SIGUSR1 (see [`Compositor::handle_signals`]).
 #[derive(Debug, Clone)]
 pub struct ScreenshotRequest {
+    /// The PNG file.
     pub path: PathBuf,
+    /// Write it after this many frames of the first output (`None`: only on SIGUSR1).
     pub after_frames: Option<u64>,
 }
 
@@ -76,14 +100,19 @@ impl ScreenshotRequest {
 /// Everything the compositor needs to start.
 #[derive(Debug, Default)]
 pub struct Options {
+    /// Kiosk or desktop.
     pub shell: ShellMode,
     /// One entry per output; empty means one default output.
     pub outputs: Vec<OutputConfig>,
     /// auto, pixman or gles (see [`crate::backend::renderer`]).
     pub renderer: RendererPreference,
+    /// Where clients connect.
     pub socket: SocketChoice,
+    /// A screenshot to write (headless).
     pub screenshot: Option<ScreenshotRequest>,
+    /// Stop after the first output showed this many frames.
     pub exit_after_frames: Option<u64>,
+    /// Timer-paced or driven by hand (tests).
     pub pacing: FramePacing,
     /// linux-dmabuf main device (dev_t). `None` picks the first DRM render node, if any.
     pub dmabuf_main_device: Option<u64>,
@@ -102,7 +131,9 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Offer {
     #[default]
+    /// Offered (the default).
     Offered,
+    /// Not offered.
     NotOffered,
 }
 
@@ -123,34 +154,53 @@ pub enum Exit {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
+    /// The headless backend failed.
     Headless(#[from] HeadlessError),
     #[error(transparent)]
+    /// `--renderer gles` without an EGL device.
     Renderer(#[from] crate::backend::renderer::NoGlesDevice),
     #[error(transparent)]
+    /// A quirk or config file is broken.
     Quirks(#[from] crate::coherency::QuirkError),
     #[error("could not create the Wayland display")]
+    /// The Wayland display could not be created.
     Display(#[source] smithay::reexports::wayland_server::backend::InitError),
     #[error("socket {name:?}")]
+    /// The socket could not be bound.
     Socket {
+        /// The socket's name.
         name: String,
         #[source]
+        /// Why.
         source: smithay::reexports::wayland_server::BindError,
     },
     #[error("event loop")]
+    /// The event loop failed.
     EventLoop(#[source] smithay::reexports::calloop::Error),
     #[error("signal handling")]
+    /// Signal handlers could not be installed.
     Signals(#[source] std::io::Error),
+    #[cfg(feature = "kms")]
     #[error(transparent)]
+    /// The KMS backend failed.
     Drm(#[from] crate::backend::drm::DrmBackendError),
     #[error("{0}")]
+    /// Something this backend can't do.
     Unsupported(String),
     #[error("could not launch {command:?}: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    /// The app could not be launched.
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
 }
 
 /// Run-time controls that frame handlers consult: screenshot, exit conditions.
 #[derive(Debug, Default)]
 pub struct Control {
+    /// Set when the compositor should stop, and why.
     pub exit: Option<Exit>,
     screenshot: Option<ScreenshotRequest>,
     /// SIGUSR1 asked for a screenshot of the next primary frame.
@@ -173,6 +223,7 @@ struct LaunchedApp {
 /// A compositor with its event loop.
 pub struct Compositor<B: Backend> {
     event_loop: EventLoop<'static, State<B>>,
+    /// The compositor's state: backend and core.
     pub state: State<B>,
     socket_name: Option<OsString>,
     app: Option<LaunchedApp>,
@@ -264,7 +315,7 @@ fn headless_frame(state: &mut State<Headless>, output: &Output, interval: Durati
         c.flips += 1;
     }
     let seq = state.core.counters.frames;
-    finish_frame(&mut state.core, output, &report.states, presented, interval, seq);
+    finish_frame(&mut state.core, output, &report.states, Presented::timer(presented, interval, seq));
     state.publish_output_paths(output);
 
     if state.core.primary_output() != Some(output) {

@@ -84,6 +84,7 @@ pub(crate) struct FramesShown(pub(crate) std::sync::atomic::AtomicU64);
 /// Per-client data smithay needs for every connection.
 #[derive(Default)]
 pub struct ClientState {
+    /// smithay's per-client compositor state.
     pub compositor_state: CompositorClientState,
     /// The compositor's count of connected clients, shared by every client's data.
     connected: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -108,22 +109,32 @@ impl ClientData for ClientState {
 
 /// The protocol globals cohere ships. Tests use exactly these, never a reduced set.
 pub struct Globals<B: Backend> {
+    /// wl_compositor, wl_subcompositor.
     pub compositor: CompositorState,
+    /// xdg-shell.
     pub xdg_shell: XdgShellState,
+    /// xdg-decoration (server-side title bars).
     pub xdg_decoration: XdgDecorationState,
+    /// wl_shm.
     pub shm: ShmState,
+    /// wl_output and xdg-output.
     pub output_manager: OutputManagerState,
+    /// wl_seat.
     pub seat_state: SeatState<State<B>>,
+    /// wp_presentation.
     pub presentation: PresentationState,
+    /// wp_viewporter.
     pub viewporter: ViewporterState,
 }
 
 /// The pointer cursor as the seat last set it.
 #[derive(Debug)]
 pub struct Cursor {
+    /// What the seat's client set.
     pub status: smithay::input::pointer::CursorImageStatus,
     /// A pointer device has moved the pointer: only then is a cursor drawn.
     pub seen: bool,
+    /// cohere's arrow.
     pub arrow: smithay::backend::renderer::element::memory::MemoryRenderBuffer,
 }
 
@@ -135,16 +146,27 @@ impl Default for Cursor {
 
 /// Backend-independent half of [`State`].
 pub struct Core<B: Backend> {
+    /// The Wayland display.
     pub display_handle: DisplayHandle,
+    /// The protocol globals.
     pub globals: Globals<B>,
+    /// Windows and outputs.
     pub space: Space<Window>,
+    /// Popups.
     pub popups: PopupManager,
+    /// The seat.
     pub seat: Seat<State<B>>,
+    /// Window policy (kiosk or desktop).
     pub shell: Shell,
+    /// CLOCK_MONOTONIC, for presentation times.
     pub clock: Clock<Monotonic>,
+    /// Global counters.
     pub counters: Counters,
+    /// Screenshots and exit conditions.
     pub control: crate::compositor::Control,
+    /// The event loop.
     pub loop_handle: LoopHandle<'static, State<B>>,
+    /// The pointer cursor.
     pub cursor: Cursor,
     /// The commit pipeline: fence waits, CPU copies, maintenance, releases (see
     /// [`crate::commit`]).
@@ -292,10 +314,12 @@ impl<B: Backend> Core<B> {
         }
     }
 
+    /// Every output, in the order they were added.
     pub fn outputs(&self) -> impl Iterator<Item = &Output> {
         self.outputs.iter().map(|(o, _, _)| o)
     }
 
+    /// How `output` was configured.
     pub fn output_config(&self, output: &Output) -> Option<OutputConfig> {
         self.outputs.iter().find(|(o, _, _)| o == output).map(|(_, c, _)| *c)
     }
@@ -310,6 +334,7 @@ impl<B: Backend> Core<B> {
         self.space.output_geometry(output).map(|g| g.size).unwrap_or_default()
     }
 
+    /// Where `output` is in the global space.
     pub fn output_origin(&self, output: &Output) -> Point<i32, smithay::utils::Logical> {
         self.space.output_geometry(output).map(|g| g.loc).unwrap_or_default()
     }

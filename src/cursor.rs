@@ -65,7 +65,9 @@ pub fn arrow() -> MemoryRenderBuffer {
 
 /// What the cursor shows, for [`crate::render::output_elements`].
 pub enum CursorElements<R: Renderer> {
+    /// cohere's arrow.
     Arrow(Box<MemoryRenderBufferRenderElement<R>>),
+    /// The client's cursor surface tree.
     Surface(Vec<WaylandSurfaceRenderElement<R>>),
 }
 

@@ -6,40 +6,59 @@
 //!
 //! # How to use
 //!
-//! A headless compositor with one 640x480 output, driven by hand. The `cohere` binary does the
-//! same with [`Compositor::run`] and a listening socket.
+//! Without features this crate is the part any smithay compositor can embed, each piece in
+//! smithay's `XState` / `XHandler` / `delegate_x!` shape:
+//! - [`import`]: linux-dmabuf, every request validated, and the import hook's plan
+//!   ([`import::plan_and_test_import`]);
+//! - [`coherency`]: the facts and the plan of each buffer ([`coherency::CoherencyState`]);
+//! - [`commit`]: the commit pipeline (fence waits, CPU copies, cache maintenance, releases);
+//! - [`path`]: the plan-following surface elements ([`path::elements`]), the scanout filter for
+//!   any framebuffer exporter ([`path::direct::ScanoutFilter`]) and the renderer guard
+//!   ([`path::guard::Guarded`]);
+//! - [`sync`]: fences and linux-drm-syncobj-v1; [`buffer_path`]: cohere-buffer-path-v1.
+//!
+//! `examples/embed.rs` is a whole compositor built from them. The `compositor` feature adds
+//! cohere's own compositor (`Compositor`, headless), `kms` its KMS backend, `cli` the binary.
 //!
 //! ```no_run
-//! use cohere::{Compositor, Options, OutputConfig, ShellMode, SocketChoice};
+//! use cohere::coherency::{CoherencyOptions, CoherencyState, ProbeOptions, RendererChoice};
 //!
-//! let options = Options {
-//!     shell: ShellMode::Kiosk,
-//!     outputs: vec![OutputConfig { size: (640, 480), refresh_mhz: 60_000 }],
-//!     socket: SocketChoice::Auto,
-//!     exit_after_frames: Some(120),
-//!     ..Options::default()
-//! };
-//! let mut compositor = Compositor::new_headless(options)?;
-//! println!("WAYLAND_DISPLAY={:?}", compositor.socket_name());
-//! let exit = compositor.run();
-//! println!("stopped: {exit:?}");
-//! # Ok::<(), cohere::StartError>(())
+//! // The quirk database and the user's overrides, then the machine's facts.
+//! let quirks = CoherencyOptions::default().load()?;
+//! let coherency = CoherencyState::new(quirks, &ProbeOptions::live(RendererChoice::Cpu("pixman".into())));
+//! // Plans are made at import (cohere::import::plan_and_test_import); their answers are
+//! // shared with the scanout filters and the renderer guard:
+//! let verdicts = coherency.plans.verdicts();
+//! # let _ = verdicts;
+//! # Ok::<(), cohere::coherency::QuirkError>(())
 //! ```
 
+#![warn(missing_docs)]
+
+#[cfg(feature = "compositor")]
 pub mod backend;
 pub mod buffer_path;
 pub mod coherency;
 pub mod commit;
+#[cfg(feature = "compositor")]
 pub mod compositor;
+#[cfg(feature = "compositor")]
 pub mod core;
+#[cfg(feature = "compositor")]
 pub mod cursor;
 pub mod import;
+#[cfg(feature = "compositor")]
 mod input;
 pub mod path;
+#[cfg(feature = "compositor")]
 mod paths;
+#[cfg(feature = "compositor")]
 pub mod render;
+#[cfg(feature = "compositor")]
 pub mod shell;
+#[cfg(feature = "compositor")]
 mod state;
+#[cfg(feature = "compositor")]
 pub mod stats;
 pub mod sync;
 #[cfg(feature = "test-support")]
@@ -50,14 +69,23 @@ pub mod reexports {
     pub use smithay;
 }
 
+#[cfg(feature = "kms")]
 pub use backend::drm::Drm;
+#[cfg(feature = "compositor")]
 pub use backend::headless::Headless;
+#[cfg(feature = "compositor")]
 pub use backend::renderer::{RendererDecision, RendererKind, RendererPreference};
+#[cfg(feature = "compositor")]
 pub use backend::Backend;
+#[cfg(feature = "compositor")]
 pub use compositor::{Compositor, Exit, FramePacing, Offer, Options, ScreenshotRequest, SocketChoice, StartError};
+#[cfg(feature = "compositor")]
 pub use core::{Core, Counters, OutputConfig, OutputCounters};
+#[cfg(feature = "compositor")]
 pub use render::Screenshot;
+#[cfg(feature = "compositor")]
 pub use shell::ShellMode;
+#[cfg(feature = "compositor")]
 pub use state::State;
 
 /// Displays an error with its sources, `outer: inner: innermost`, for one-line messages and

@@ -67,7 +67,7 @@ pub(crate) fn record_frame(surface: &WlSurface, states: &SurfaceData, frame: &Re
             Some(RenderElementPresentationState::Rendering { reason }) => {
                 let refusal = match reason {
                     Some(RenderingReason::FormatUnsupported) => {
-                        Some(PlaneRefusal::Format { fourcc_taken: fourcc_on_planes(surface, display) })
+                        Some(PlaneRefusal::Format { fourcc_taken: fourcc_on_planes(states, display) })
                     }
                     Some(RenderingReason::ScanoutFailed) => Some(PlaneRefusal::Other),
                     None => None,
@@ -81,10 +81,11 @@ pub(crate) fn record_frame(surface: &WlSurface, states: &SurfaceData, frame: &Re
     });
 }
 
-/// Whether the display's planes take the surface buffer's format with some modifier.
-fn fourcc_on_planes(surface: &WlSurface, display: Option<&OutputDisplay>) -> bool {
+/// Whether the display's planes take the surface buffer's format with some modifier. Called
+/// with the surface's state held, so it looks the buffer up in `states`.
+fn fourcc_on_planes(states: &SurfaceData, display: Option<&OutputDisplay>) -> bool {
     let Some(display) = display else { return false };
-    let Some(dmabuf) = crate::import::surface_dmabuf(surface) else { return false };
+    let Some(dmabuf) = crate::import::states_dmabuf(states) else { return false };
     let code = dmabuf.format().code;
     display.formats.iter().any(|f| f.code == code)
 }

@@ -48,14 +48,21 @@ pub fn clear_color(mode: crate::shell::ShellMode) -> [f32; 4] {
     }
 }
 
-render_elements! {
-    /// Everything an output can show.
-    pub OutputElement<R> where R: ImportAll + ImportMem;
-    Surface = WaylandSurfaceRenderElement<R>,
-    Copied = CopiedSurfaceElement<R>,
-    Decoration = SolidColorRenderElement,
-    Cursor = MemoryRenderBufferRenderElement<R>,
+/// The element enum, in a module of its own: smithay's `render_elements!` makes items without
+/// docs of their own.
+#[allow(missing_docs)]
+mod element {
+    use super::*;
+    render_elements! {
+        /// Everything an output can show.
+        pub OutputElement<R> where R: ImportAll + ImportMem;
+        Surface = WaylandSurfaceRenderElement<R>,
+        Copied = CopiedSurfaceElement<R>,
+        Decoration = SolidColorRenderElement,
+        Cursor = MemoryRenderBufferRenderElement<R>,
+    }
 }
+pub use element::OutputElement;
 
 /// Elements for `output`, topmost first, with each desktop window's title bar directly below it
 /// in the stacking order so overlapping windows hide each other's bars correctly.
@@ -129,6 +136,7 @@ fn surface_tree_elements<R>(
 }
 
 /// The current attaches (see [`crate::path::release`]) of the surfaces `states` put on planes.
+#[cfg(feature = "kms")]
 pub(crate) fn scanned_out<B: Backend>(core: &Core<B>, states: &RenderElementStates) -> Vec<u64> {
     let mut attaches = Vec::new();
     for window in core.space.elements() {
@@ -144,17 +152,34 @@ pub(crate) fn scanned_out<B: Backend>(core: &Core<B>, states: &RenderElementStat
     attaches
 }
 
+/// When and how a frame reached the screen, as presentation feedback tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented {
+    /// When it was shown: the flip's vblank time on KMS, the frame timer's tick headless.
+    pub at: Time<Monotonic>,
+    /// The output's refresh period.
+    pub refresh: Duration,
+    /// The frame's sequence number: the vblank counter on KMS.
+    pub seq: u64,
+    /// What the time means: `VSYNC | HW_CLOCK | HW_COMPLETION` for a KMS flip with a
+    /// monotonic vblank timestamp, none for a timer-paced headless frame. Each surface's
+    /// `ZERO_COPY` is added per surface from the frame's element states.
+    pub flags: wp_presentation_feedback::Kind,
+}
+
+impl Presented {
+    /// A frame paced by a timer (headless): `at` is when it was rendered, `seq` counts frames,
+    /// and no vblank or hardware flag is claimed.
+    pub fn timer(at: Time<Monotonic>, refresh: Duration, seq: u64) -> Self {
+        Self { at, refresh, seq, flags: wp_presentation_feedback::Kind::empty() }
+    }
+}
+
 /// Work that follows a presented frame: record which output each surface is mainly shown on,
 /// send frame callbacks (one per refresh, so clients are paced by the output) and deliver
 /// presentation feedback with the presentation time.
-pub fn finish_frame<B: Backend>(
-    core: &mut Core<B>,
-    output: &Output,
-    states: &RenderElementStates,
-    presented_at: Time<Monotonic>,
-    refresh: Duration,
-    seq: u64,
-) {
+pub fn finish_frame<B: Backend>(core: &mut Core<B>, output: &Output, states: &RenderElementStates, presented: Presented) {
+    let presented_at = presented.at;
     let mut feedback = OutputPresentationFeedback::new(output);
     core.counters_of(output).frames += 1;
     for window in core.space.elements() {
@@ -180,8 +205,7 @@ pub fn finish_frame<B: Backend>(
             window.send_frame(output, presented_at, Some(Duration::ZERO), surface_primary_scanout_output);
         }
     }
-    // Headless frames are paced by a timer, not a vblank, so no Vsync/HwClock flags are claimed.
-    feedback.presented(presented_at, Refresh::fixed(refresh), seq, wp_presentation_feedback::Kind::empty());
+    feedback.presented(presented_at, Refresh::fixed(presented.refresh), presented.seq, presented.flags);
     core.space.refresh();
     core.popups.cleanup();
 }
@@ -189,8 +213,11 @@ pub fn finish_frame<B: Backend>(
 /// A frame read back from an output, as tightly packed RGBA8.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Screenshot {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Rows top-down, RGBA8.
     pub rgba: Vec<u8>,
 }
 
@@ -198,12 +225,21 @@ pub struct Screenshot {
 #[derive(Debug, thiserror::Error)]
 pub enum ScreenshotError {
     #[error("no frame has been rendered on this output yet")]
+    /// Nothing was drawn yet.
     NoFrame,
     #[error("the renderer could not read the frame back: {0}")]
+    /// The renderer failed to read it.
     Readback(String),
     #[error("the frame is {got} bytes, expected {expected}")]
-    Size { got: usize, expected: usize },
+    /// It came back the wrong size.
+    Size {
+        /// Bytes read back.
+        got: usize,
+        /// Bytes expected.
+        expected: usize,
+    },
     #[error("PNG encoding failed: {0}")]
+    /// PNG encoding failed.
     Png(#[from] png::EncodingError),
 }
 

@@ -20,7 +20,9 @@ use crate::core::{ClientState, Core};
 
 /// The whole compositor state, split so handlers can borrow the backend and the core at once.
 pub struct State<B: Backend> {
+    /// The backend: renderer, outputs' targets, import, coherency.
     pub backend: B,
+    /// Everything else.
     pub core: Core<B>,
 }
 

@@ -42,6 +42,7 @@ pub struct Stats {
     pub exit: Option<String>,
     /// Connected clients.
     pub clients: u64,
+    /// Per output.
     pub outputs: Vec<OutputStats>,
     /// DRM devices driven (KMS only).
     pub devices: Vec<DeviceStats>,
@@ -49,7 +50,9 @@ pub struct Stats {
     pub input_devices: Vec<String>,
     /// Mapped windows, bottom to top.
     pub windows: Vec<WindowStats>,
+    /// Buffers planned at import.
     pub buffers_planned: u64,
+    /// Buffers refused (no consumer could show them).
     pub buffers_rejected: u64,
     /// Decisions made at import, per consumer access and path.
     pub decisions: Vec<DecisionCount>,
@@ -57,6 +60,7 @@ pub struct Stats {
     pub live_buffers: Vec<BufferStats>,
     /// CPU copies landed and their bytes, over all surfaces.
     pub cpu_copies: u64,
+    /// Bytes the CPU copies read.
     pub bytes_copied: u64,
     /// Commits that waited for their buffer's acquire fence.
     pub commits_held_for_fences: u64,
@@ -72,11 +76,13 @@ pub struct Stats {
     pub maintenances: u64,
     /// The renderer that composites, and why it was chosen.
     pub renderer: String,
+    /// Why that renderer.
     pub renderer_reason: String,
     /// Whether linux-drm-syncobj-v1 is offered, and why.
     pub explicit_sync: String,
     /// Timelines clients imported through it, and those whose syncobj handle still exists.
     pub timelines_imported: u64,
+    /// Of those, the ones whose handle still exists.
     pub timelines_alive: u64,
     /// Buffers released, per path, with how long they were held.
     pub releases: Vec<ReleaseStats>,
@@ -96,15 +102,19 @@ pub struct Stats {
 /// Releases on one path.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReleaseStats {
+    /// The path.
     pub path: crate::path::release::ReleasePath,
     #[serde(flatten)]
+    /// Its releases.
     pub counter: crate::path::release::ReleaseCounter,
 }
 
 /// A device as the coherency model knows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KnownDevice {
+    /// The card (`card1`).
     pub card: String,
+    /// Its driver.
     pub driver: String,
     /// Has displays.
     pub kms: bool,
@@ -113,23 +123,30 @@ pub struct KnownDevice {
 /// One output's counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OutputStats {
+    /// The output's name.
     pub name: String,
     #[serde(flatten)]
+    /// Its counters.
     pub counters: OutputCounters,
 }
 
 /// A DRM device the KMS backend drives.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeviceStats {
+    /// The card (`card1`).
     pub card: String,
+    /// Its driver.
     pub driver: String,
+    /// Its outputs.
     pub outputs: Vec<String>,
 }
 
 /// A mapped window.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WindowStats {
+    /// Its title.
     pub title: Option<String>,
+    /// Its app id.
     pub app_id: Option<String>,
     /// Has keyboard focus.
     pub focused: bool,
@@ -167,29 +184,40 @@ impl WindowStats {
 /// (access, path) → count.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DecisionCount {
+    /// Which kind of consumer.
     pub access: Access,
+    /// Which path.
     pub path: PlanPath,
+    /// How many decisions.
     pub count: u64,
 }
 
 /// A live client dma-buf.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BufferStats {
+    /// Its exporter.
     pub exporter: String,
+    /// Its plan.
     pub plan: PlanStats,
 }
 
 /// A plan as data: each consumer's path, with its label and reason for people.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PlanStats {
+    /// Each consumer's decision.
     pub consumers: Vec<ConsumerStats>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One consumer's decision.
 pub struct ConsumerStats {
+    /// Who.
     pub consumer: ConsumerId,
+    /// Its label for people.
     pub label: String,
+    /// The path.
     pub path: PlanPath,
+    /// Why.
     pub reason: String,
 }
 
@@ -285,6 +313,7 @@ impl Stats {
         std::fs::rename(tmp, path)
     }
 
+    /// Reads a snapshot `write` wrote.
     pub fn read(path: &Path) -> std::io::Result<Self> {
         serde_json::from_slice(&std::fs::read(path)?).map_err(std::io::Error::other)
     }

@@ -215,3 +215,29 @@ fn bad_invocations_fail_clearly() {
     first.kill().unwrap();
     first.wait().unwrap();
 }
+
+/// examples/embed.rs, a compositor of its own that embeds cohere, shows weston-simple-shm: its
+/// window (drawn at the top left, at the client's own 250x250) is on the screenshot.
+#[test]
+fn the_embedding_example_shows_weston_simple_shm() -> Result<(), String> {
+    require("weston-simple-shm");
+    let dir = runtime_dir();
+    let (status, text, (w, h, rgba)) =
+        cohere::run_embed_example(&["weston-simple-shm"], &[("XDG_RUNTIME_DIR", dir.to_str().ok_or("dir")?)])?;
+    assert_eq!(status, Some(0), "the example's exit status: {text}");
+    assert!(text.contains("frames "), "{text}");
+    assert_eq!((w, h), (320, 240));
+    // The example clears to 0.1 gray (25): count the window's pixels (those on the 240-row
+    // output) that aren't that.
+    let clear = [25u8, 25, 25];
+    let drawn = (0..h).flat_map(|y| (0..250u32).map(move |x| (x, y))).filter(|&(x, y)| {
+        let i = ((y * w + x) * 4) as usize;
+        rgba[i..i + 3] != clear
+    });
+    let count = drawn.count() as u32;
+    assert!(count > 250 * h * 9 / 10, "only {count} of the window's pixels are the client's");
+    // And right of the window, the clear colour.
+    let i = ((100 * w + 300) * 4) as usize;
+    assert_eq!(rgba[i..i + 3], clear, "the background");
+    Ok(())
+}

@@ -30,20 +30,28 @@ pub type RenderError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum HeadlessError {
     #[error("pixman renderer")]
+    /// The Pixman renderer could not be created.
     Pixman(#[source] smithay::backend::renderer::pixman::PixmanError),
     #[error("listing EGL devices")]
+    /// The EGL devices could not be listed.
     EglDevices(#[source] smithay::backend::egl::Error),
     #[error("no EGL software device (EGL_MESA_device_software) is available")]
+    /// No software EGL device to run GLES on.
     NoSoftwareDevice,
     #[error("GLES on the chosen EGL device: {0}")]
+    /// EGL on the chosen device failed.
     Egl(String),
     #[error("GLES renderer")]
+    /// The GLES renderer could not be created.
     Gles(#[source] smithay::backend::renderer::gles::GlesError),
     #[error("output {0} is not known to the headless backend")]
+    /// The output isn't one of this backend's.
     UnknownOutput(String),
     #[error("rendering failed")]
+    /// Drawing a frame failed.
     Render(#[source] RenderError),
     #[error("linux-dmabuf")]
+    /// linux-dmabuf could not be offered.
     Import(#[from] crate::import::ImportError),
 }
 
@@ -159,6 +167,7 @@ macro_rules! with_renderer {
 pub struct Headless {
     renderer: AnyRenderer,
     import: ImportState,
+    /// The coherency model: facts, plans, counters.
     pub coherency: CoherencyState,
 }
 
@@ -195,12 +204,13 @@ impl Headless {
             }
         };
         let formats: Vec<_> = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
-        let implicit_modifier = super::implicit_modifier(&coherency);
+        let implicit_modifier = crate::import::ImplicitModifier::from_facts(&coherency.machine);
         let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device, implicit_modifier })?;
         tracing::info!(renderer = ?decision.kind, reason = %decision.reason, "headless backend ready");
         Ok(Self { renderer, import, coherency })
     }
 
+    /// Which renderer draws.
     pub fn renderer_kind(&self) -> RendererKind {
         match self.renderer {
             AnyRenderer::Pixman(_) => RendererKind::Pixman,
@@ -229,6 +239,7 @@ impl Headless {
         with_renderer!(&self.renderer, r => r.renderer.dmabuf_formats().into_iter().collect())
     }
 
+    /// The linux-dmabuf global's state.
     pub fn import_state(&self) -> &ImportState {
         &self.import
     }
@@ -246,7 +257,7 @@ impl ImportHandler for State<Headless> {
 
     fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected> {
         let Headless { renderer, coherency, .. } = &mut self.backend;
-        super::plan_and_test_import(
+        crate::import::plan_and_test_import(
             coherency,
             dmabuf,
             |d| with_renderer!(renderer, r => r.renderer.import_dmabuf(d, None).map(|_| ()).map_err(|e| e.to_string())),

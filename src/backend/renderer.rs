@@ -19,8 +19,11 @@ use smithay::backend::renderer::gles::GlesRenderer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RendererPreference {
     #[default]
+    /// GLES on a hardware GPU whose EGL imports dma-bufs, else Pixman.
     Auto,
+    /// Pixman, on the CPU.
     Pixman,
+    /// GLES, on the software EGL device if there is no hardware GPU.
     Gles,
 }
 
@@ -58,9 +61,11 @@ impl EglCandidate {
 /// What was chosen, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RendererDecision {
+    /// The renderer chosen.
     pub kind: RendererKind,
     /// The EGL device to render on (GLES).
     pub device: Option<EglCandidate>,
+    /// Why, in words.
     pub reason: String,
 }
 

@@ -99,6 +99,7 @@ impl BufferPathState {
         Self { global, batches_sent: 0 }
     }
 
+    /// The global, to remove it.
     pub fn global(&self) -> GlobalId {
         self.global.clone()
     }

@@ -23,35 +23,48 @@ use super::protocol::client::cohere_surface_buffer_path_v1::{Consumer, Event, Hi
 /// One consumer event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerEvent {
+    /// Who reads the buffer.
     pub consumer: WEnum<Consumer>,
     /// The display's device (dev_t), for a display.
     pub device: Option<u64>,
+    /// How it gets the pixels.
     pub path: WEnum<Path>,
+    /// Why.
     pub reason: WEnum<Reason>,
+    /// The reason in words.
     pub detail: String,
 }
 
 /// The presented event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PresentedEvent {
+    /// How the surface was shown.
     pub outcome: WEnum<Outcome>,
+    /// Why not zero-copy, or `coherent`.
     pub reason: WEnum<Reason>,
+    /// What the newest CPU copy read.
     pub bytes_copied: u64,
 }
 
 /// One hint event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HintEvent {
+    /// The change.
     pub hint: WEnum<Hint>,
+    /// The display it is about (dev_t), if any.
     pub device: Option<u64>,
+    /// The hint in words.
     pub detail: String,
 }
 
 /// A batch: everything between two `done` events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
+    /// One per consumer.
     pub consumers: Vec<ConsumerEvent>,
+    /// What the last presented frame did, once there is one.
     pub presented: Option<PresentedEvent>,
+    /// What the client could change.
     pub hints: Vec<HintEvent>,
 }
 

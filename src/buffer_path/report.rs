@@ -7,23 +7,36 @@ use crate::coherency::{scanout_format_hint, Advice, BufferPlan, ConsumerId, Devi
 /// Who reads a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Consumer {
+    /// The compositor's renderer.
     Render,
+    /// A display, by its device.
     Display(DeviceId),
+    /// The CPU (the CPU copy).
     Cpu,
 }
 
 /// Why a path, as the protocol says it: the plan's reasons ([`Why`]) and what a frame found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
+    /// Nothing stands in the way of reading it directly.
     Coherent,
+    /// Shared memory, not a dma-buf.
     NotDmaBuf,
+    /// The consumer can't import it.
     CannotImport,
+    /// The consumer doesn't snoop; the exporter's SYNC makes it safe.
     NotCoherentWithSync,
+    /// The consumer doesn't snoop and the exporter can't sync attachments.
     NotCoherentNoSync,
+    /// A CPU renderer would read uncached memory on every repaint.
     CpuRendererUncached,
+    /// The CPU can't map it.
     NotMappable,
+    /// The display's planes don't take its format or modifier.
     FormatOrModifier,
+    /// Direct scanout was allowed but no plane took it.
     PlaneUnavailable,
+    /// A device was writing it again after its commit.
     FencePending,
 }
 
@@ -43,8 +56,11 @@ impl From<Why> for Reason {
 /// One consumer's planned path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerPath {
+    /// Who reads it.
     pub consumer: Consumer,
+    /// How.
     pub path: Path,
+    /// Why.
     pub reason: Reason,
     /// The reason in words, with each fact's source.
     pub detail: String,
@@ -53,16 +69,22 @@ pub struct ConsumerPath {
 /// How a presented frame showed the surface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
+    /// The client's buffer itself on a plane.
     ZeroCopy,
+    /// Drawn by the renderer from the buffer.
     Composited,
+    /// Drawn by the renderer from its CPU copy.
     Copied,
+    /// Left out of the frame.
     Withheld,
 }
 
 /// What the last presented frame did with the surface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Presented {
+    /// How it was shown.
     pub outcome: Outcome,
+    /// Why not zero-copy (or what the plane needed).
     pub reason: Reason,
     /// What the newest CPU copy read out of the client's buffer (0 unless copied).
     pub bytes_copied: u64,
@@ -71,8 +93,11 @@ pub struct Presented {
 /// A surface's report: one batch of the protocol.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PathReport {
+    /// One per consumer.
     pub consumers: Vec<ConsumerPath>,
+    /// What the last presented frame did, once there is one.
     pub presented: Option<Presented>,
+    /// What the client could change.
     pub hints: Vec<Advice>,
 }
 
@@ -103,7 +128,13 @@ pub enum CurrentBuffer<'a> {
     /// A wl_shm buffer.
     Shm,
     /// A dma-buf, with its plan and the hints for it.
-    Dmabuf { plan: &'a BufferPlan, hints: &'a [Advice] },
+    /// A dma-buf, with its plan and hints.
+    Dmabuf {
+        /// The buffer's plan.
+        plan: &'a BufferPlan,
+        /// What the client could change.
+        hints: &'a [Advice],
+    },
 }
 
 /// Why a display's planes didn't take a buffer the plan allowed there.
@@ -111,7 +142,11 @@ pub enum CurrentBuffer<'a> {
 pub enum PlaneRefusal {
     /// The planes don't take its format and modifier; `fourcc_taken` when they take the
     /// format with some other modifier.
-    Format { fourcc_taken: bool },
+    /// The format or modifier (`fourcc_taken`: the format with another modifier is taken).
+    Format {
+        /// The planes take the format with another modifier.
+        fourcc_taken: bool,
+    },
     /// Something else: no free plane, a failed test commit.
     Other,
 }
@@ -123,7 +158,13 @@ pub enum Shown {
     ZeroCopy,
     /// Drawn by the renderer: from its CPU copy (`copied`) or from the buffer, maybe after a
     /// display's planes refused it.
-    Drawn { copied: bool, refusal: Option<PlaneRefusal> },
+    /// Drawn (`copied`: from the CPU copy; `refusal`: why a plane didn't take it).
+    Drawn {
+        /// From the CPU copy.
+        copied: bool,
+        /// Why a display's planes didn't take it, if one was asked.
+        refusal: Option<PlaneRefusal>,
+    },
     /// Left out: a device was writing its buffer again after its commit.
     Withheld,
 }
@@ -131,6 +172,7 @@ pub enum Shown {
 /// What a frame did with the surface, on the output it is mainly shown on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observation {
+    /// How.
     pub shown: Shown,
     /// The display device of that output (none headless).
     pub display: Option<DeviceId>,

@@ -15,25 +15,71 @@ pub enum Source {
     /// /proc/self/fdinfo of the buffer.
     Fdinfo,
     /// DRM_IOCTL_VERSION on the device node.
-    DrmVersion { node: String },
+    /// DRM_IOCTL_VERSION on a device node.
+    DrmVersion {
+        /// The node.
+        node: String,
+    },
     /// A sysfs file or link.
-    Sysfs { path: String },
+    /// A sysfs file or link.
+    Sysfs {
+        /// The sysfs path.
+        path: String,
+    },
     /// The device tree (`of_node`), with or without `dma-coherent`.
-    DeviceTree { path: String },
+    /// The device tree (`of_node`).
+    DeviceTree {
+        /// The property's sysfs path.
+        path: String,
+    },
     /// The architecture's rule, when nothing more specific is known.
-    ArchDefault { rule: String },
+    /// The architecture's rule.
+    ArchDefault {
+        /// The rule.
+        rule: String,
+    },
     /// The quirk database.
-    Quirk { file: String, line: usize },
+    /// The quirk database, at a line.
+    Quirk {
+        /// The database file.
+        file: String,
+        /// The line.
+        line: usize,
+    },
     /// The user's config file.
-    Override { file: String, line: usize },
+    /// The user's config file, at a line.
+    Override {
+        /// The config file.
+        file: String,
+        /// The line.
+        line: usize,
+    },
     /// A PRIME import of a real dma-buf into the device.
-    PrimeImportTest { result: String },
+    /// A PRIME import of a real dma-buf, and its result.
+    PrimeImportTest {
+        /// What the import did.
+        result: String,
+    },
     /// A property of the renderer cohere uses.
-    Renderer { name: String },
+    /// A property of the renderer.
+    Renderer {
+        /// The renderer.
+        name: String,
+    },
     /// A check of what the device does, with its result.
-    DeviceTest { what: String, result: String },
+    /// A check of what the device does, and its result.
+    DeviceTest {
+        /// The check.
+        what: String,
+        /// Its result.
+        result: String,
+    },
     /// A default with no better source.
-    Default { rule: String },
+    /// A default, with its rule.
+    Default {
+        /// The rule.
+        rule: String,
+    },
 }
 
 impl fmt::Display for Source {
@@ -57,11 +103,14 @@ impl fmt::Display for Source {
 /// A value and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Fact<T> {
+    /// The fact.
     pub value: T,
+    /// Where it came from.
     pub source: Source,
 }
 
 impl<T> Fact<T> {
+    /// A fact and its source.
     pub fn new(value: T, source: Source) -> Self {
         Self { value, source }
     }
@@ -77,8 +126,11 @@ impl<T: fmt::Display> fmt::Display for Fact<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MemoryType {
+    /// Ordinary cached system memory.
     Cached,
+    /// Write-combined: CPU writes bypass the caches in bursts; reads are slow.
     WriteCombined,
+    /// Uncached.
     Uncached,
     /// Allocated by a GPU for the consumer the client picked from feedback.
     Device,
@@ -103,9 +155,13 @@ impl fmt::Display for MemoryType {
 /// What is known about a buffer's exporter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExporterFacts {
+    /// The exporter's name (fdinfo `exp_name`).
     pub name: Fact<String>,
+    /// How the CPU maps its memory.
     pub memory: Fact<MemoryType>,
+    /// Whether DMA_BUF_IOCTL_SYNC syncs every attachment's caches.
     pub syncs_attachments: Fact<bool>,
+    /// Whether the dma-buf can be mmapped.
     pub cpu_mappable: Fact<bool>,
 }
 
@@ -196,19 +252,26 @@ pub struct DeviceFacts {
     pub id: DeviceId,
     /// `card0`, ...: for people, never for decisions.
     pub name: String,
+    /// The DRM driver.
     pub driver: Fact<String>,
+    /// The bus the device is on.
     pub bus: Fact<String>,
     /// `Some` when the device has a device-tree node: whether it says `dma-coherent`.
     pub dt_dma_coherent: Option<Fact<bool>>,
+    /// Whether its GPU snoops CPU caches when sampling.
     pub render_snoops: Fact<bool>,
+    /// Whether its display engine snoops CPU caches when scanning out.
     pub scanout_snoops: Fact<bool>,
+    /// Whether it imports dma-bufs from other exporters.
     pub imports_foreign: Fact<bool>,
+    /// Whether it can be cohere's renderer.
     pub renders: Fact<bool>,
     /// Buffers this driver allocates without an explicit modifier (DRM_FORMAT_MOD_INVALID)
     /// are always linear: it has no tiled layouts.
     pub implicit_linear: Fact<bool>,
     /// Has connectors: a display (KMS) device.
     pub kms: bool,
+    /// Its render node's file name, if it has one.
     pub render_node: Option<String>,
     /// Timeline syncobjs and syncobj eventfd work on its render node, so linux-drm-syncobj-v1
     /// can import clients' timelines here. `None` when the node can't be opened (fixtures).
@@ -241,10 +304,13 @@ impl fmt::Display for Access {
 /// One consumer of a buffer, as the plan sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConsumerFacts {
+    /// Who it is.
     pub id: ConsumerId,
     /// `render (pixman)`, `scanout card1 (vkms)`, `cpu`: a label for people.
     pub name: String,
+    /// Whether it reads CPU-cached memory coherently.
     pub snoops: Fact<bool>,
+    /// Whether it imports dma-bufs from other exporters.
     pub imports_foreign: Fact<bool>,
     /// Reads through a CPU mapping (a CPU renderer such as pixman), on every repaint that
     /// touches the buffer, rather than with a device's DMA.
@@ -256,11 +322,31 @@ pub struct ConsumerFacts {
 #[serde(rename_all = "kebab-case")]
 pub enum RendererFacts {
     /// A CPU renderer (pixman): it reads buffers through CPU mappings on every repaint.
-    Cpu { name: String },
+    /// A CPU renderer (pixman).
+    Cpu {
+        /// Its name.
+        name: String,
+    },
     /// GLES: buffers are imported as EGL images and sampled by the GPU (or by llvmpipe).
-    Gles { name: String, device: Option<DeviceId>, snoops: Fact<bool>, imports: Fact<bool> },
+    /// GLES on an EGL device: its GL renderer string, device, whether it snoops, whether it imports dma-bufs.
+    Gles {
+        /// The GL renderer string.
+        name: String,
+        /// The DRM device it renders on (none for the software device).
+        device: Option<DeviceId>,
+        /// Whether it reads CPU-cached memory coherently.
+        snoops: Fact<bool>,
+        /// Whether its EGL imports dma-bufs.
+        imports: Fact<bool>,
+    },
     /// A GPU: its identity, and its card name for people.
-    Device { id: DeviceId, card: String },
+    /// The GPU of a DRM device (fixture machines).
+    Device {
+        /// The device.
+        id: DeviceId,
+        /// Its card name.
+        card: String,
+    },
 }
 
 /// Everything known about the machine.
@@ -268,7 +354,9 @@ pub enum RendererFacts {
 pub struct MachineFacts {
     /// True on device-tree platforms (most ARM boards), where DMA is noncoherent by default.
     pub device_tree: bool,
+    /// Every DRM device.
     pub devices: Vec<DeviceFacts>,
+    /// The renderer cohere composites with.
     pub renderer: RendererFacts,
     /// Why this renderer.
     pub renderer_reason: Option<String>,
@@ -387,6 +475,7 @@ impl MachineFacts {
         }
     }
 
+    /// The CPU as a consumer (the CPU copy reads through a SYNC-bracketed mapping).
     pub fn cpu_consumer() -> ConsumerFacts {
         let source = Source::Default { rule: "the CPU is coherent with its own caches".into() };
         ConsumerFacts {

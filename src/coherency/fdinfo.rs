@@ -19,13 +19,29 @@ pub struct DmabufFdInfo {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a dma-buf's fdinfo couldn't be read.
 pub enum FdInfoError {
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    /// The file couldn't be read.
+    Read {
+        /// The fdinfo file.
+        path: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
     #[error("fd {0} is not a dma-buf (fdinfo has no exp_name)")]
+    /// The descriptor isn't a dma-buf (no `exp_name`).
     NotDmabuf(i32),
     #[error("fdinfo of fd {fd}: field {field} is malformed: {value:?}")]
-    Malformed { fd: i32, field: &'static str, value: String },
+    /// A field couldn't be parsed.
+    Malformed {
+        /// The descriptor.
+        fd: i32,
+        /// The field.
+        field: &'static str,
+        /// Its text.
+        value: String,
+    },
 }
 
 impl DmabufFdInfo {

@@ -52,7 +52,9 @@ impl fmt::Display for Hint {
 /// A hint and what it means for this buffer, in words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Advice {
+    /// The change.
     pub hint: Hint,
+    /// What it means for this buffer, in words.
     pub detail: String,
 }
 

@@ -1,8 +1,8 @@
 //! The coherency model: facts about buffers and the machine, the quirk database with user
 //! overrides, and the per-consumer plan (DESIGN.md §1).
 //!
-//! Data flows one way: [`fdinfo`] and [`probe`] gather facts, [`quirks`] supplies what the
-//! kernel can't tell, [`plan`] decides, and [`report`] prints it all for `cohere inspect`.
+//! Data flows one way: [`fdinfo`] and [`probe`](mod@probe) gather facts, [`quirks`] supplies what the
+//! kernel can't tell, [`plan`](mod@plan) decides, and [`report`] prints it all for `cohere inspect`.
 
 pub mod facts;
 pub mod fdinfo;
@@ -33,6 +33,7 @@ pub struct PlanCounters {
 }
 
 impl PlanCounters {
+    /// Counts the decisions of a new plan.
     pub fn record(&mut self, plan: &BufferPlan) {
         self.buffers += 1;
         if plan.rejection().is_some() {
@@ -171,6 +172,7 @@ impl PlanCache {
         self.entries.iter_mut().find(|e| e.buffer == weak)
     }
 
+    /// `dmabuf`'s plan, if it has one.
     pub fn get(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<&BufferPlan> {
         let weak = dmabuf.weak();
         self.entries.iter().find(|e| e.buffer == weak).map(|e| &e.plan)
@@ -202,6 +204,7 @@ impl PlanCache {
         self.verdicts.prune();
     }
 
+    /// Entries, live or not yet pruned.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -216,6 +219,7 @@ impl PlanCache {
         self.entries.iter().filter(|e| e.buffer.upgrade().is_some()).map(|e| &e.plan)
     }
 
+    /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -281,9 +285,13 @@ impl CoherencyOptions {
 /// The model as a running compositor holds it: facts, overrides, cached plans and counters.
 #[derive(Debug)]
 pub struct CoherencyState {
+    /// The quirk database with the user's overrides.
     pub quirks: Quirks,
+    /// The machine's facts.
     pub machine: MachineFacts,
+    /// The plans of live buffers.
     pub plans: PlanCache,
+    /// Decisions made at import.
     pub counters: PlanCounters,
     /// Times [`CoherencyState::devices_changed`] probed again.
     pub reprobes: u64,
@@ -293,6 +301,7 @@ pub struct CoherencyState {
 }
 
 impl CoherencyState {
+    /// Probes the machine (see [`ProbeOptions`]) with `quirks`.
     pub fn new(quirks: Quirks, probe_options: &ProbeOptions) -> Self {
         let machine = probe(probe_options, &quirks);
         Self::log_facts(&machine);

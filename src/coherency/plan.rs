@@ -31,14 +31,20 @@ use super::facts::{Access, ConsumerFacts, ConsumerId, DeviceId, ExporterFacts, M
 /// How one consumer gets the pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Path {
+    /// The consumer reads the client's buffer itself.
     Direct,
+    /// A display reads it after cache maintenance (DMA_BUF_IOCTL_SYNC).
     DirectWithMaintenance,
+    /// The renderer draws it for this display.
     Composite,
+    /// The CPU copies its damage first; the consumer reads the copy.
     CpuCopy,
+    /// This consumer can't show it.
     Reject,
 }
 
 impl Path {
+    /// Every path, cheapest first.
     pub const ALL: [Path; 5] = [Path::Direct, Path::DirectWithMaintenance, Path::Composite, Path::CpuCopy, Path::Reject];
 
     /// Whether the consumer reads the client's buffer itself (no copy, no composition).
@@ -80,6 +86,7 @@ impl fmt::Display for Why {
 /// A path and the reason for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
+    /// How the consumer gets the pixels.
     pub path: Path,
     /// The deciding fact.
     pub why: Why,
@@ -166,9 +173,11 @@ pub fn plan(exporter: &ExporterFacts, consumer: &ConsumerFacts, render: Option<&
 /// One consumer's decision, with the consumer's identity and its label for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConsumerPlan {
+    /// Who.
     pub consumer: ConsumerId,
     /// `render (pixman)`, `scanout card1 (vkms)`: printed, never compared.
     pub label: String,
+    /// The path and why.
     pub decision: Decision,
 }
 
@@ -177,6 +186,7 @@ impl ConsumerPlan {
         Self { consumer: consumer.id, label: consumer.name.clone(), decision }
     }
 
+    /// The decision's path.
     pub fn path(&self) -> Path {
         self.decision.path
     }
@@ -185,10 +195,13 @@ impl ConsumerPlan {
 /// The plan for every consumer of one buffer, computed once at import.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BufferPlan {
+    /// The buffer's exporter.
     pub exporter: String,
+    /// The renderer's decision.
     pub render: ConsumerPlan,
     /// One per KMS device.
     pub scanout: Vec<ConsumerPlan>,
+    /// The CPU's decision.
     pub cpu: ConsumerPlan,
 }
 

@@ -1,7 +1,6 @@
 //! Machine facts from sysfs (any root, so tests can use fixture trees), the device tree and,
 //! on a live system, the device nodes themselves (DRM_IOCTL_VERSION and a PRIME import test).
 
-use std::fs::OpenOptions;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -38,27 +37,79 @@ pub struct GlesRenderer {
     pub imports_dmabuf: bool,
 }
 
+/// How the probe reaches DRM device nodes (for DRM_IOCTL_VERSION, the PRIME import test and
+/// the syncobj test).
+#[derive(Debug, Clone)]
+pub enum NodeAccess {
+    /// Not at all (fixture trees): facts come from sysfs and the database.
+    None,
+    /// Opens them in this directory (`/dev/dri`).
+    Open(PathBuf),
+    /// Uses the descriptors the embedder opened (through its session), by node file name
+    /// (`renderD128`, `card1`); a node that isn't there isn't probed.
+    Provided(std::sync::Arc<std::collections::BTreeMap<String, OwnedFd>>),
+}
+
+/// A node to query: a descriptor the probe opened, or one the embedder lent it.
+enum NodeFd<'a> {
+    Opened(OwnedFd),
+    Lent(BorrowedFd<'a>),
+}
+
+impl AsFd for NodeFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            NodeFd::Opened(fd) => fd.as_fd(),
+            NodeFd::Lent(fd) => *fd,
+        }
+    }
+}
+
+impl NodeAccess {
+    /// The node named `name` (`renderD128`), and how sources should name it.
+    fn node(&self, name: &str) -> Option<(NodeFd<'_>, String)> {
+        match self {
+            NodeAccess::None => None,
+            NodeAccess::Open(dir) => {
+                let path = dir.join(name);
+                let fd = rustix::fs::open(&path, OFlags::RDWR | OFlags::CLOEXEC, rustix::fs::Mode::empty()).ok()?;
+                Some((NodeFd::Opened(fd), path.display().to_string()))
+            }
+            NodeAccess::Provided(fds) => {
+                fds.get(name).map(|fd| (NodeFd::Lent(fd.as_fd()), format!("{name} (the compositor's descriptor)")))
+            }
+        }
+    }
+}
+
 /// Where to look.
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
+    /// The sysfs tree (`/sys`, or a fixture).
     pub sysfs_root: PathBuf,
-    /// `/dev/dri` on a live system: open nodes for DRM_IOCTL_VERSION and PRIME import tests.
-    /// `None` for fixture trees.
-    pub dev_dri: Option<PathBuf>,
+    /// How to reach the device nodes.
+    pub nodes: NodeAccess,
+    /// Which renderer the plan assumes.
     pub renderer: RendererChoice,
     /// Why this renderer (`cohere inspect` prints it).
     pub renderer_reason: Option<String>,
 }
 
 impl ProbeOptions {
-    /// The running machine.
+    /// The running machine: sysfs, and the nodes in /dev/dri opened by the probe.
     pub fn live(renderer: RendererChoice) -> Self {
-        Self { sysfs_root: "/sys".into(), dev_dri: Some("/dev/dri".into()), renderer, renderer_reason: None }
+        Self { sysfs_root: "/sys".into(), nodes: NodeAccess::Open("/dev/dri".into()), renderer, renderer_reason: None }
+    }
+
+    /// The running machine, probing only through descriptors the embedder opened (through its
+    /// session), by node file name: nothing is opened behind the session's back.
+    pub fn with_fds(renderer: RendererChoice, fds: std::collections::BTreeMap<String, OwnedFd>) -> Self {
+        Self { nodes: NodeAccess::Provided(std::sync::Arc::new(fds)), ..Self::live(renderer) }
     }
 
     /// Fixture trees: sysfs only.
     pub fn sysfs(root: impl Into<PathBuf>, renderer: RendererChoice) -> Self {
-        Self { sysfs_root: root.into(), dev_dri: None, renderer, renderer_reason: None }
+        Self { sysfs_root: root.into(), nodes: NodeAccess::None, renderer, renderer_reason: None }
     }
 }
 
@@ -83,14 +134,11 @@ fn query_node(device: &Path, card: &str) -> String {
         .unwrap_or_else(|| card.to_owned())
 }
 
-fn driver(root: &Path, card: &str, device: &Path, dev_dri: Option<&Path>) -> Option<Fact<String>> {
+fn driver(root: &Path, card: &str, device: &Path, nodes: &NodeAccess) -> Option<Fact<String>> {
     let sysfs = |p: &Path| sysfs_source(root, p);
-    if let Some(node) = dev_dri.map(|d| d.join(query_node(device, card))) {
-        if let Ok(file) = OpenOptions::new().read(true).write(true).open(&node) {
-            let card = Card(file);
-            if let Ok(v) = card.get_driver() {
-                return Some(Fact::new(v.name().to_string_lossy().into_owned(), Source::DrmVersion { node: node.display().to_string() }));
-            }
+    if let Some((fd, node)) = nodes.node(&query_node(device, card)) {
+        if let Ok(v) = Card(fd).get_driver() {
+            return Some(Fact::new(v.name().to_string_lossy().into_owned(), Source::DrmVersion { node }));
         }
     }
     let link = device.join("driver");
@@ -115,14 +163,14 @@ fn driver(root: &Path, card: &str, device: &Path, dev_dri: Option<&Path>) -> Opt
     }
 }
 
-struct Card(std::fs::File);
-impl AsFd for Card {
+struct Card<F>(F);
+impl<F: AsFd> AsFd for Card<F> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
     }
 }
-impl drm::Device for Card {}
-impl drm::control::Device for Card {}
+impl<F: AsFd> drm::Device for Card<F> {}
+impl<F: AsFd> drm::control::Device for Card<F> {}
 
 #[repr(C)]
 struct UdmabufCreate {
@@ -179,9 +227,8 @@ fn device_id(class: &Path, card: &str) -> DeviceId {
 }
 
 /// Imports a udmabuf into the device: can it take dma-bufs from other exporters?
-fn prime_import_test(node: &Path) -> Option<Fact<bool>> {
-    let file = OpenOptions::new().read(true).write(true).open(node).ok()?;
-    let card = Card(file);
+fn prime_import_test(node: NodeFd<'_>) -> Option<Fact<bool>> {
+    let card = Card(node);
     let buf = udmabuf(4096).ok()?;
     let (ok, result) = match card.prime_fd_to_buffer(buf.as_fd()) {
         Ok(handle) => {
@@ -194,9 +241,13 @@ fn prime_import_test(node: &Path) -> Option<Fact<bool>> {
 }
 
 /// Can linux-drm-syncobj-v1 use this render node? (timeline syncobjs and syncobj eventfd)
-fn explicit_sync(node: &Path) -> Fact<bool> {
-    let what = format!("syncobj test on {}", node.display());
-    match crate::sync::syncobj::SyncobjDevice::open(node) {
+fn explicit_sync((fd, node): (NodeFd<'_>, String)) -> Fact<bool> {
+    let what = format!("syncobj test on {node}");
+    let owned = match fd {
+        NodeFd::Opened(fd) => Ok(fd),
+        NodeFd::Lent(fd) => fd.try_clone_to_owned(),
+    };
+    match owned.map(crate::sync::syncobj::SyncobjDevice::from_fd) {
         Ok(device) => {
             let support = device.support();
             Fact::new(support == crate::sync::syncobj::SyncobjSupport::Supported, Source::DeviceTest { what, result: support.to_string() })
@@ -245,7 +296,7 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
     for card in cards {
         let device = class.join(card).join("device");
         let sysfs = |p: &Path| sysfs_source(root, p);
-        let Some(driver) = driver(root, card, &device, options.dev_dri.as_deref()) else {
+        let Some(driver) = driver(root, card, &device, &options.nodes) else {
             tracing::debug!(card, "no driver found; skipped");
             continue;
         };
@@ -268,7 +319,7 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
         let node = query_node(&device, card);
         let render_node = (node != *card).then_some(node.clone());
         let kms = entries.iter().any(|e| e.starts_with(&format!("{card}-")));
-        let prime = options.dev_dri.as_ref().and_then(|dir| prime_import_test(&dir.join(&node)));
+        let prime = options.nodes.node(&node).and_then(|(fd, _)| prime_import_test(fd));
         let imports_foreign = prime
             .or_else(|| quirks.imports_foreign(d))
             .unwrap_or_else(|| Fact::new(true, Source::Default { rule: "PRIME import assumed to work".into() }));
@@ -276,10 +327,7 @@ pub fn probe(options: &ProbeOptions, quirks: &Quirks) -> MachineFacts {
         let implicit_linear = quirks
             .implicit_linear(d)
             .unwrap_or_else(|| Fact::new(false, Source::Default { rule: format!("{d}'s implicit-modifier layout is unknown") }));
-        let explicit_sync = match (&render_node, options.dev_dri.as_ref()) {
-            (Some(render), Some(dir)) => Some(explicit_sync(&dir.join(render))),
-            _ => None,
-        };
+        let explicit_sync = render_node.as_ref().and_then(|render| options.nodes.node(render)).map(explicit_sync);
         devices.push(DeviceFacts {
             explicit_sync,
             id: device_id(&class, card),

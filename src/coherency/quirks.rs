@@ -12,6 +12,7 @@ use super::facts::{Fact, MemoryType, Source};
 
 /// The built-in database, compiled in so the binary needs no data files.
 pub const BUILTIN: &str = include_str!("../../resources/coherency.toml");
+/// The name the compiled-in database's sources carry.
 pub const BUILTIN_NAME: &str = "resources/coherency.toml";
 
 #[derive(Debug, Deserialize, Default)]
@@ -45,16 +46,22 @@ struct DriverEntry {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}: field `{field}`: {message}")]
 pub struct QuirkError {
+    /// The file.
     pub file: String,
+    /// The line (1-based).
     pub line: usize,
+    /// The field (`exporter.udmabuf.memory`).
     pub field: String,
+    /// What is wrong.
     pub message: String,
 }
 
 /// Whether a layer is the shipped database or the user's override file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layer {
+    /// The quirk database.
     Database,
+    /// The user's overrides.
     Override,
 }
 
@@ -138,27 +145,35 @@ impl Quirks {
         })
     }
 
+    /// The exporter's memory type, if an entry says.
     pub fn exporter_memory(&self, exporter: &str) -> Option<Fact<MemoryType>> {
         self.lookup(|f| f.exporter.get(exporter)?.memory.as_ref())
     }
+    /// Whether the exporter syncs attachments, if an entry says.
     pub fn exporter_syncs_attachments(&self, exporter: &str) -> Option<Fact<bool>> {
         self.lookup(|f| f.exporter.get(exporter)?.syncs_attachments.as_ref())
     }
+    /// Whether the exporter can be mmapped, if an entry says.
     pub fn exporter_cpu_mappable(&self, exporter: &str) -> Option<Fact<bool>> {
         self.lookup(|f| f.exporter.get(exporter)?.cpu_mappable.as_ref())
     }
+    /// Whether the driver's GPU snoops, if an entry says.
     pub fn render_snoops(&self, driver: &str) -> Option<Fact<bool>> {
         self.lookup(|f| f.driver.get(driver)?.render_snoops.as_ref())
     }
+    /// Whether the driver's display engine snoops, if an entry says.
     pub fn scanout_snoops(&self, driver: &str) -> Option<Fact<bool>> {
         self.lookup(|f| f.driver.get(driver)?.scanout_snoops.as_ref())
     }
+    /// Whether the driver imports foreign dma-bufs, if an entry says.
     pub fn imports_foreign(&self, driver: &str) -> Option<Fact<bool>> {
         self.lookup(|f| f.driver.get(driver)?.imports_foreign.as_ref())
     }
+    /// Whether the driver can be the renderer, if an entry says.
     pub fn renders(&self, driver: &str) -> Option<Fact<bool>> {
         self.lookup(|f| f.driver.get(driver)?.renders.as_ref())
     }
+    /// Whether the driver allocates implicit-modifier buffers linearly, if an entry says.
     pub fn implicit_linear(&self, driver: &str) -> Option<Fact<bool>> {
         self.lookup(|f| f.driver.get(driver)?.implicit_linear.as_ref())
     }

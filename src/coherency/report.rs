@@ -12,8 +12,11 @@ use super::quirks::Quirks;
 /// The whole report, also serialisable as JSON.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The machine's facts.
     pub machine: MachineFacts,
+    /// Every exporter the database knows.
     pub exporters: Vec<ExporterFacts>,
+    /// The plan of a buffer from each.
     pub plans: Vec<BufferPlan>,
 }
 

@@ -19,10 +19,13 @@ pub struct FormatTable {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why the format table couldn't be made.
 pub enum FormatTableError {
     #[error("the format table has {0} entries; feedback indices are 16-bit")]
+    /// More formats than the protocol's u16 indices address.
     TooLarge(usize),
     #[error("creating the format table memfd: {0}")]
+    /// The memfd couldn't be made.
     Memfd(#[from] std::io::Error),
 }
 
@@ -53,6 +56,7 @@ impl FormatTable {
         Ok(Self { formats: unique, fd, size: bytes.len() as u32 })
     }
 
+    /// The formats, in table order.
     pub fn formats(&self) -> &[Format] {
         &self.formats
     }
@@ -65,15 +69,20 @@ impl FormatTable {
 /// One tranche: formats preferred for a target device, with flags (scanout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tranche {
+    /// The device (dev_t) the tranche is for.
     pub target_device: u64,
+    /// Scanout or not.
     pub flags: TrancheFlags,
+    /// Its formats, by the table's order.
     pub formats: Vec<Format>,
 }
 
 /// A complete feedback: main device plus tranches in preference order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Feedback {
+    /// The main (render) device's dev_t.
     pub main_device: u64,
+    /// Preferred first.
     pub tranches: Vec<Tranche>,
 }
 

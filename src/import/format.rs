@@ -16,6 +16,7 @@ pub struct Layout {
     pub cpp: [u8; 4],
     /// Horizontal and vertical subsampling of the planes after the first.
     pub hsub: u32,
+    /// Vertical subsampling of planes after the first.
     pub vsub: u32,
 }
 

@@ -47,6 +47,7 @@
 //! let _state = MyState { import };
 //! ```
 
+mod accept;
 mod dispatch;
 pub mod feedback;
 pub mod format;
@@ -61,6 +62,7 @@ use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{DisplayHandle, GlobalDispatch, Weak};
 use smithay::wayland::buffer::BufferHandler;
 
+pub use accept::{plan_and_test_import, wants_test_import};
 pub use dispatch::{FeedbackData, ImportGlobalData, ParamsData};
 pub use feedback::{Feedback, FormatTable, FormatTableError, Tranche};
 
@@ -99,16 +101,21 @@ pub enum ImplicitModifier {
 pub struct ImportRejected(pub String);
 
 #[derive(Debug, thiserror::Error)]
+/// Why linux-dmabuf couldn't be offered.
 pub enum ImportError {
     #[error(transparent)]
+    /// The format table couldn't be made.
     FormatTable(#[from] FormatTableError),
 }
 
 /// Counters of what clients did with linux-dmabuf.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ImportCounters {
+    /// Buffers created.
     pub imported: u64,
+    /// `failed` answers.
     pub failed: u64,
+    /// Protocol errors sent.
     pub protocol_errors: u64,
 }
 
@@ -121,11 +128,13 @@ pub struct ImportState {
     implicit_modifier: ImplicitModifier,
     default_feedback: Option<Feedback>,
     surface_feedbacks: Vec<(Weak<ZwpLinuxDmabufFeedbackV1>, Weak<WlSurface>, Option<Feedback>)>,
+    /// What was imported or refused.
     pub counters: ImportCounters,
 }
 
 /// The embedder's side of linux-dmabuf.
 pub trait ImportHandler: BufferHandler {
+    /// Where the state lives.
     fn import_state(&mut self) -> &mut ImportState;
 
     /// Accepts or refuses a buffer that passed validation (test import, coherency plan).
@@ -143,7 +152,13 @@ impl ImportState {
     where
         D: GlobalDispatch<ZwpLinuxDmabufV1, ImportGlobalData> + ImportHandler + 'static,
     {
-        let mut formats: Vec<Format> = config.formats.into_iter().filter(|f| format::layout(f.code).is_some()).collect();
+        let (mut formats, unknown): (Vec<Format>, Vec<Format>) = config.formats.into_iter().partition(|f| format::layout(f.code).is_some());
+        let mut unknown_codes: Vec<String> = unknown.iter().map(|f| f.code.to_string()).collect();
+        unknown_codes.dedup();
+        if !unknown_codes.is_empty() {
+            // Without a plane layout, validation couldn't bounds-check such a buffer.
+            tracing::info!(formats = %unknown_codes.join(" "), "not advertised: no plane layout to check buffers against");
+        }
         if config.implicit_modifier == ImplicitModifier::AsLinear {
             let implicit = formats
                 .iter()
@@ -173,18 +188,22 @@ impl ImportState {
         self.table.formats()
     }
 
+    /// What the implicit modifier means here.
     pub fn implicit_modifier(&self) -> ImplicitModifier {
         self.implicit_modifier
     }
 
+    /// The version the global is offered at.
     pub fn version(&self) -> u32 {
         self.version
     }
 
+    /// The global.
     pub fn global(&self) -> &GlobalId {
         &self.global
     }
 
+    /// The default feedback (v4 and later), if there is a main device.
     pub fn default_feedback(&self) -> Option<&Feedback> {
         self.default_feedback.as_ref()
     }

@@ -21,9 +21,13 @@ pub const MAX_PLANES: usize = 4;
 /// One `add` request.
 #[derive(Debug)]
 pub struct PlaneParams {
+    /// The plane's descriptor.
     pub fd: OwnedFd,
+    /// Its offset.
     pub offset: u32,
+    /// Its stride.
     pub stride: u32,
+    /// Its modifier.
     pub modifier: u64,
 }
 
@@ -31,7 +35,13 @@ pub struct PlaneParams {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// A protocol error on the params object; the client is disconnected.
-    Protocol { code: ParamsError, message: String },
+    /// A protocol error and its message.
+    Protocol {
+        /// The protocol error.
+        code: ParamsError,
+        /// Its message.
+        message: String,
+    },
     /// Well-formed, but not importable: `failed` for create, INVALID_WL_BUFFER for create_immed.
     Failed(String),
 }
@@ -52,9 +62,13 @@ pub struct Params {
 /// What `create`/`create_immed` asked for.
 #[derive(Debug, Clone, Copy)]
 pub struct CreateRequest {
+    /// Width in pixels.
     pub width: i32,
+    /// Height in pixels.
     pub height: i32,
+    /// DRM fourcc.
     pub format: u32,
+    /// zwp_linux_buffer_params_v1 flags.
     pub flags: u32,
 }
 

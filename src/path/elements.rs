@@ -11,12 +11,17 @@
 //! ```no_run
 //! use cohere::path::elements::{surface_tree_elements, SurfaceElement};
 //! use smithay::backend::renderer::element::Kind;
-//! use smithay::backend::renderer::pixman::PixmanRenderer;
+//! use smithay::backend::renderer::{ImportAll, ImportMem, Renderer, Texture};
+//! use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 //! use smithay::utils::Scale;
-//! # fn f(renderer: &mut PixmanRenderer, surface: &smithay::reexports::wayland_server::protocol::wl_surface::WlSurface) {
-//! let elements: Vec<SurfaceElement<PixmanRenderer>> =
-//!     surface_tree_elements(renderer, surface, (0, 0).into(), Scale::from(1.0), 1.0, Kind::Unspecified);
-//! # }
+//!
+//! fn window_elements<R>(renderer: &mut R, surface: &WlSurface) -> Vec<SurfaceElement<R>>
+//! where
+//!     R: Renderer + ImportAll + ImportMem,
+//!     R::TextureId: Clone + Texture + Send + 'static,
+//! {
+//!     surface_tree_elements(renderer, surface, (0, 0).into(), Scale::from(1.0), 1.0, Kind::Unspecified)
+//! }
 //! ```
 
 use smithay::backend::renderer::element::surface::WaylandSurfaceRenderElement;
@@ -29,12 +34,19 @@ use smithay::wayland::compositor::{with_surface_tree_downward, SurfaceData, Trav
 
 use super::cpu_copy::CopiedSurfaceElement;
 
-render_elements! {
-    /// A surface's element: from its buffer, or from its CPU copy.
-    pub SurfaceElement<R> where R: ImportAll + ImportMem;
-    Surface = WaylandSurfaceRenderElement<R>,
-    Copied = CopiedSurfaceElement<R>,
+/// The element enum, in a module of its own: smithay's `render_elements!` makes items without
+/// docs of their own.
+#[allow(missing_docs)]
+mod element {
+    use super::*;
+    render_elements! {
+        /// A surface's element: from its buffer, or from its CPU copy.
+        pub SurfaceElement<R> where R: ImportAll + ImportMem;
+        Surface = WaylandSurfaceRenderElement<R>,
+        Copied = CopiedSurfaceElement<R>,
+    }
 }
+pub use element::SurfaceElement;
 
 /// Elements for the surface tree of `root` at `location`, topmost first, as smithay's
 /// `render_elements_from_surface_tree` builds them, except that CpuCopy surfaces are drawn from

@@ -12,11 +12,17 @@
 //! so elements, frames and damage tracking work as before.
 //!
 //! ```no_run
+//! use cohere::coherency::CoherencyState;
 //! use cohere::path::guard::Guarded;
-//! # fn f(renderer: smithay::backend::renderer::pixman::PixmanRenderer, coherency: &cohere::coherency::CoherencyState) {
-//! let renderer = Guarded::new(renderer, coherency.plans.verdicts());
-//! # }
+//!
+//! // Wrap the renderer once the plans exist; draw with the wrapper from then on.
+//! fn guard<R>(renderer: R, coherency: &CoherencyState) -> Guarded<R> {
+//!     Guarded::new(renderer, coherency.plans.verdicts())
+//! }
 //! ```
+//!
+//! The wrapped renderer's error type must implement [`RefusedImport`]: cohere implements it
+//! for smithay's Pixman and GLES renderers (features `pixman` and `gles`).
 
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::format::FormatSet;
@@ -39,12 +45,14 @@ pub trait RefusedImport {
     fn refused_import() -> Self;
 }
 
+#[cfg(feature = "pixman")]
 impl RefusedImport for smithay::backend::renderer::pixman::PixmanError {
     fn refused_import() -> Self {
         smithay::backend::renderer::pixman::PixmanError::ImportFailed
     }
 }
 
+#[cfg(feature = "gles")]
 impl RefusedImport for smithay::backend::renderer::gles::GlesError {
     fn refused_import() -> Self {
         // The closest variant smithay has: the buffer's layout is not one this renderer reads.

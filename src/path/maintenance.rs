@@ -8,7 +8,7 @@
 //! driver's own GEM-DMA objects only).
 //!
 //! The ioctls run on the copy thread, never on the event loop: SYNC(START) would wait for a
-//! fence added after the commit (see [`crate::sync::acquire`]), and flushing a large buffer
+//! fence added after the commit (see [`crate::sync::acquire`](mod@crate::sync::acquire)), and flushing a large buffer
 //! takes time.
 
 use smithay::backend::allocator::dmabuf::{Dmabuf, DmabufSyncFlags};
@@ -18,13 +18,16 @@ use smithay::backend::allocator::dmabuf::{Dmabuf, DmabufSyncFlags};
 pub struct MaintainJob {
     /// The commit wait it belongs to (see `crate::commit`).
     pub id: u64,
+    /// The buffer.
     pub dmabuf: Dmabuf,
 }
 
 /// What came back.
 #[derive(Debug)]
 pub struct MaintainDone {
+    /// The wait it belongs to.
     pub id: u64,
+    /// Done, or why not.
     pub result: Result<(), String>,
 }
 

@@ -42,10 +42,13 @@ pub enum ReleasePath {
 /// Releases on one path and how long their buffers were held (applied → released).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReleaseCounter {
+    /// Buffers released.
     pub releases: u64,
     /// Buffers released through their syncobj release point (the rest got wl_buffer.release).
     pub release_points: u64,
+    /// Microseconds they were held, summed.
     pub held_total_us: u64,
+    /// The longest hold.
     pub held_max_us: u64,
 }
 
@@ -112,6 +115,7 @@ pub struct Releases {
     render_fence: Option<RenderFence>,
     /// Syncobj releases held back until the render fence they wait for has signalled.
     deferred: Vec<(Attach, RenderFence)>,
+    /// Releases per path.
     pub counters: BTreeMap<ReleasePath, ReleaseCounter>,
 }
 

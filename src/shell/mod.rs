@@ -1,6 +1,6 @@
 //! Window policy: where toplevels go, what size they are told to be, and who has focus.
 //!
-//! The xdg-shell and xdg-decoration protocol handlers are in [`xdg`]; they call into the policy
+//! The xdg-shell and xdg-decoration protocol handlers are in `xdg`; they call into the policy
 //! here, which is the only place that decides placement. [`ShellMode::Kiosk`] behaves like cage:
 //! every toplevel is fullscreen on its output, newest on top. [`ShellMode::Desktop`] stacks
 //! windows at their own size with cascade placement, server-side title bars and click to focus.
@@ -43,11 +43,13 @@ pub enum ShellMode {
 /// Policy state that persists between requests.
 #[derive(Debug)]
 pub struct Shell {
+    /// Kiosk or desktop.
     pub mode: ShellMode,
     cascade_index: i32,
 }
 
 impl Shell {
+    /// The policy for `mode`.
     pub fn new(mode: ShellMode) -> Self {
         Self { mode, cascade_index: 0 }
     }
@@ -165,6 +167,7 @@ impl<B: Backend> Core<B> {
         self.space.elements().last().cloned()
     }
 
+    /// The window whose root surface is `surface`.
     pub fn window_for_surface(&self, surface: &WlSurface) -> Option<Window> {
         self.space.elements().find(|w| w.toplevel().is_some_and(|t| t.wl_surface() == surface)).cloned()
     }

@@ -78,6 +78,7 @@ fn writers_done(fd: BorrowedFd<'_>) -> bool {
 pub struct FenceBlocker(Arc<AtomicBool>);
 
 impl FenceBlocker {
+    /// Lets the commit through.
     pub fn release(&self) {
         self.0.store(true, Ordering::Release);
     }

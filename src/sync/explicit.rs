@@ -58,6 +58,7 @@ pub struct Unsupported(pub SyncobjSupport);
 /// The embedder's side: where the state lives (`None` where the global isn't offered, so no
 /// client can reach it).
 pub trait SyncobjHandler {
+    /// Where the state lives (`None` where the global isn't offered).
     fn syncobj_state(&mut self) -> Option<&mut SyncobjState>;
 }
 
@@ -93,7 +94,9 @@ impl SurfaceSyncobj {
 /// The points of one commit (double-buffered with the surface's state).
 #[derive(Debug, Default)]
 pub struct SyncobjCachedState {
+    /// The acquire point, if one was set.
     pub acquire: Option<SyncPoint>,
+    /// The release point, if one was set.
     pub release: Option<SyncPoint>,
 }
 
@@ -132,10 +135,12 @@ impl SyncobjState {
         Ok(Self { global, device, timelines_imported: 0 })
     }
 
+    /// The global.
     pub fn global(&self) -> &GlobalId {
         &self.global
     }
 
+    /// The device timelines are imported on.
     pub fn device(&self) -> &SyncobjDevice {
         &self.device
     }
@@ -144,8 +149,11 @@ impl SyncobjState {
 /// A protocol error to post on a surface's syncobj object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitError {
+    /// The object the error is posted on.
     pub object: WpLinuxDrmSyncobjSurfaceV1,
+    /// The error.
     pub code: wp_linux_drm_syncobj_surface_v1::Error,
+    /// Its message.
     pub message: String,
 }
 

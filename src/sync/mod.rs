@@ -1,7 +1,7 @@
 //! Fences: sync_file objects, and the implicit ↔ explicit bridge on dma-bufs.
 //!
 //! Everything that waits on or produces a fence lives here, so no other module has to know how a
-//! fence is represented. [`acquire`] holds commits whose dma-buf is still being written.
+//! fence is represented. [`acquire`](mod@acquire) holds commits whose dma-buf is still being written.
 //! [`explicit`] is linux-drm-syncobj-v1 over [`syncobj`]'s timelines.
 
 pub mod acquire;

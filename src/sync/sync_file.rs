@@ -33,6 +33,7 @@ impl SyncFile {
         }
     }
 
+    /// The descriptor.
     pub fn into_fd(self) -> OwnedFd {
         self.0
     }

@@ -33,6 +33,7 @@ impl drm::control::Device for SyncobjDevice {}
 /// Whether a device can serve linux-drm-syncobj-v1, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncobjSupport {
+    /// Timeline syncobjs and syncobj eventfd work.
     Supported,
     /// `DRM_CAP_SYNCOBJ_TIMELINE` is 0 or can't be read.
     NoTimelines(String),
@@ -149,6 +150,7 @@ impl Timeline {
         }
     }
 
+    /// The device the timeline is on.
     pub fn device(&self) -> &SyncobjDevice {
         &self.0.device
     }
@@ -179,10 +181,12 @@ pub struct SyncPoint {
 }
 
 impl SyncPoint {
+    /// The point's timeline.
     pub fn timeline(&self) -> &Timeline {
         &self.timeline
     }
 
+    /// The point's value.
     pub fn value(&self) -> u64 {
         self.point
     }

@@ -16,7 +16,9 @@ use super::{Context, KitError};
 /// A dma-buf and its size.
 #[derive(Debug)]
 pub struct MappedDmabuf {
+    /// The dma-buf.
     pub fd: OwnedFd,
+    /// Its size in bytes.
     pub size: usize,
     /// For vgem buffers: the GEM handle on the vgem card (needed to attach fences).
     pub vgem_handle: Option<u32>,

@@ -13,7 +13,9 @@ use super::{Context, KitError};
 #[derive(Debug)]
 pub struct Card {
     file: File,
+    /// The node's path.
     pub path: PathBuf,
+    /// The DRM driver.
     pub driver: String,
     /// DRM minor, which names the device's debugfs directory.
     pub minor: u32,

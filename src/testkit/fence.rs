@@ -45,6 +45,7 @@ pub fn vgem_attach_write_fence(vgem: &Card, handle: u32) -> Result<VgemFence, Ki
 }
 
 impl VgemFence {
+    /// Signals the fence.
     pub fn signal(self, vgem: &Card) -> Result<(), KitError> {
         // SAFETY: DRM_IOCTL_VGEM_FENCE_SIGNAL with its exact struct layout.
         unsafe { ioctl(vgem, Setter::<VGEM_FENCE_SIGNAL, VgemFenceSignal>::new(VgemFenceSignal { fence: self.id, flags: 0 })) }

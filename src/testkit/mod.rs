@@ -18,8 +18,10 @@ pub use drm::Card;
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}")]
 pub struct KitError {
+    /// What was being done.
     pub what: String,
     #[source]
+    /// The system's error.
     pub source: std::io::Error,
 }
 

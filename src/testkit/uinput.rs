@@ -61,6 +61,7 @@ pub struct Tablet {
 }
 
 impl Tablet {
+    /// A tablet with this absolute range.
     pub fn new(width: i32, height: i32) -> Result<Tablet, KitError> {
         let file = std::fs::OpenOptions::new().write(true).open("/dev/uinput").context("open /dev/uinput (modprobe uinput)")?;
         // SAFETY (all ioctls below): uinput's setup ioctls with their exact argument types.

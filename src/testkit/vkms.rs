@@ -45,16 +45,23 @@ impl PlanarBuffer for Imported {
 
 /// The vkms pipeline: one CRTC, its primary plane, the Virtual and Writeback connectors.
 pub struct Vkms<'a> {
+    /// The vkms card.
     pub card: &'a Card,
+    /// Its CRTC.
     pub crtc: crtc::Handle,
+    /// Its primary plane.
     pub primary: plane::Handle,
+    /// Its virtual connector.
     pub virtual_connector: connector::Handle,
+    /// Its writeback connector.
     pub writeback: connector::Handle,
+    /// The mode.
     pub mode: Mode,
     props: HashMap<(u32, String), property::Handle>,
 }
 
 impl<'a> Vkms<'a> {
+    /// Finds the pipeline's objects on `card`.
     pub fn new(card: &'a Card) -> Result<Self, KitError> {
         card.enable_atomic()?;
         let res = card.resource_handles().context("resources")?;
@@ -109,6 +116,7 @@ impl<'a> Vkms<'a> {
         Ok(kms)
     }
 
+    /// The mode's size.
     pub fn size(&self) -> (u32, u32) {
         let (w, h) = self.mode.size();
         (u32::from(w), u32::from(h))

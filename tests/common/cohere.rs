@@ -156,12 +156,7 @@ impl Cohere {
         let before = self.wait("statistics", |_| true)?.screenshots;
         self.signal(rustix::process::Signal::USR1)?;
         self.wait("the screenshot SIGUSR1 asked for", |s| s.screenshots > before)?;
-        let png = std::fs::File::open(file).check("screenshot")?;
-        let mut reader = png::Decoder::new(png).read_info().check("png")?;
-        let mut rgba = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut rgba).check("png frame")?;
-        rgba.truncate(info.buffer_size());
-        Ok((info.width, info.height, rgba))
+        read_png(file)
     }
 
     pub fn signal(&self, signal: rustix::process::Signal) -> Result<(), String> {
@@ -322,6 +317,20 @@ pub struct ClientReport {
     /// cohere-buffer-path-v1 batches for its surface, each as its readable transcript.
     #[serde(default)]
     pub buffer_path: Vec<String>,
+    /// Every presentation feedback's `presented` event, in arrival order.
+    #[serde(default)]
+    pub frames: Vec<PresentedFrame>,
+}
+
+/// One `wp_presentation_feedback.presented` event.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PresentedFrame {
+    /// The presentation time, CLOCK_MONOTONIC nanoseconds.
+    pub nanos: u64,
+    /// The sequence number.
+    pub seq: u64,
+    /// The kind flags.
+    pub flags: u32,
 }
 
 impl ClientReport {
@@ -351,4 +360,39 @@ impl Cohere {
             .map_err(|e| format!("{e}\nthe client's report: {:?}", ClientReport::read(file)))?;
         ClientReport::read(file).ok_or_else(|| "the client's report went away".into())
     }
+}
+
+/// An image: (width, height, RGBA).
+pub type Image = (u32, u32, Vec<u8>);
+
+/// (width, height, RGBA) of a PNG file.
+pub fn read_png(file: &Path) -> Result<Image, String> {
+    let png = std::fs::File::open(file).check(&format!("{}", file.display()))?;
+    let mut reader = png::Decoder::new(png).read_info().check("png")?;
+    let mut rgba = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut rgba).check("png frame")?;
+    rgba.truncate(info.buffer_size());
+    Ok((info.width, info.height, rgba))
+}
+
+/// What `examples/embed.rs` did with `client`: its exit status, what it printed, and its
+/// screenshot (width, height, RGBA). `env` goes to the example and so to its client.
+pub fn run_embed_example(client: &[&str], env: &[(&str, &str)]) -> Result<(Option<i32>, String, Image), String> {
+    let exe = std::env::current_exe().check("current exe")?;
+    let example = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("examples/embed")).ok_or("no target directory")?;
+    let shot = scratch("embed", "png");
+    let child = Command::new(&example)
+        .arg("--screenshot")
+        .arg(&shot)
+        .arg("--")
+        .args(client)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .check(&format!("starting {}", example.display()))?;
+    let (status, text) = run_to_exit(child, "examples/embed")?;
+    let png = read_png(&shot).map_err(|e| format!("{e}; the example printed:\n{text}"))?;
+    let _ = std::fs::remove_file(&shot);
+    Ok((status, text, png))
 }

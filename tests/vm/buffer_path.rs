@@ -52,8 +52,8 @@ pub(crate) fn dev_of(node: &str) -> Result<String, String> {
 
 /// A fixture client showing one full-output buffer from `source` in a kiosk window it
 /// observes, until the commit was presented.
-struct Shown {
-    fx: Fixture,
+pub(crate) struct Shown {
+    pub(crate) fx: Fixture,
     id: usize,
     window: crate::client::Window,
     wl_buffer: wayland_client::protocol::wl_buffer::WlBuffer,
@@ -61,7 +61,7 @@ struct Shown {
 }
 
 impl Shown {
-    fn new(fx: Fixture, source: &str) -> Result<Shown, String> {
+    pub(crate) fn new(fx: Fixture, source: &str) -> Result<Shown, String> {
         let mut fx = fx;
         let id = fx.add_client();
         let window = fx.client(id).create_window(source);

@@ -37,7 +37,7 @@ use wayland_client::protocol::{wl_buffer::WlBuffer, wl_surface::WlSurface};
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::{wp_linux_drm_syncobj_surface_v1, wp_linux_drm_syncobj_timeline_v1};
 
 use crate::client::TestClient;
-use crate::cohere::ClientReport;
+use crate::cohere::{ClientReport, PresentedFrame};
 use crate::tests::{alt_image, frame_image, test_image, Check};
 
 pub const CLIENT_MODE: &str = "--cohere-udmabuf-client";
@@ -77,19 +77,27 @@ impl Reporter {
     /// Reports buffer-path batches and zero-copy presentations that arrived since the last call.
     fn observe(&mut self, client: &TestClient) -> Result<(), String> {
         let batches = &client.state.path_batches;
-        let zero_copy = client
+        let frames: Vec<PresentedFrame> = client
             .state
             .presentations
             .iter()
-            .filter(|(_, p)| matches!(p, crate::client::Presentation::Presented { zero_copy: true, .. }))
-            .count() as u32;
-        if batches.len() == self.report.buffer_path.len() && zero_copy == self.report.zero_copy_presented {
+            .filter_map(|(_, p)| match *p {
+                crate::client::Presentation::Presented { nanos, seq, flags, .. } => {
+                    Some(PresentedFrame { nanos: nanos as u64, seq, flags })
+                }
+                crate::client::Presentation::Discarded => None,
+            })
+            .collect();
+        let zero_copy_flag = wayland_protocols::wp::presentation_time::client::wp_presentation_feedback::Kind::ZeroCopy.bits();
+        let zero_copy = frames.iter().filter(|f| f.flags & zero_copy_flag != 0).count() as u32;
+        if batches.len() == self.report.buffer_path.len() && frames == self.report.frames {
             return Ok(());
         }
         let texts: Vec<String> = batches.iter().map(|b| b.to_string()).collect();
         self.update(|r| {
             r.buffer_path = texts;
             r.zero_copy_presented = zero_copy;
+            r.frames = frames;
         })
     }
 }

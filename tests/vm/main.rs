@@ -14,6 +14,7 @@ mod client_mode;
 #[path = "../common/cohere.rs"]
 mod cohere;
 mod dmabuf;
+mod embed;
 mod explicit;
 mod gles;
 #[path = "../fixture/harness.rs"]
@@ -22,6 +23,7 @@ mod headless;
 mod import_tests;
 mod kms;
 mod maintenance;
+mod presentation;
 mod tests;
 
 use std::process::{Command, ExitCode};
@@ -47,16 +49,22 @@ fn main() -> ExitCode {
         .chain(explicit::all())
         .chain(gles::all())
         .chain(buffer_path::all())
+        .chain(embed::all())
         .map(|t| (0, t));
-    let kms =
-        kms::all().into_iter().chain(camera::kms()).chain(maintenance::kms()).chain(gles::kms()).map(|(boot, name, f)| (boot, (name, f)));
+    let kms = kms::all()
+        .into_iter()
+        .chain(camera::kms())
+        .chain(maintenance::kms())
+        .chain(gles::kms())
+        .chain(presentation::kms())
+        .map(|(boot, name, f)| (boot, (name, f)));
     let trials = base
         .chain(kms)
         .filter(|(g, _)| group.map_or(true, |want| want == *g))
         .map(|(_, (name, f))| {
             Trial::test(name, move || {
                 let start = std::time::Instant::now();
-                let result = f().map_err(Into::into);
+                let result = watched(name, f).map_err(Into::into);
                 if std::env::var_os("COHERE_TEST_TIMES").is_some() {
                     eprintln!("{name}: {} ms", start.elapsed().as_millis());
                 }
@@ -65,6 +73,29 @@ fn main() -> ExitCode {
         })
         .collect();
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
+}
+
+/// How long one test may run before it counts as hung: twice the deadline of any one wait,
+/// and more than any test needs on a slow, busy machine. A test that waits on data fails at
+/// its own deadline first; this catches what doesn't wait (a deadlock), and names the test,
+/// where the VM's overall timeout would only kill the boot.
+const HUNG_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs test `f` on a thread of its own and fails it if it hasn't finished in [`HUNG_AFTER`]
+/// (the thread is left behind; the process ends after the other tests).
+fn watched(name: &'static str, f: tests::TestFn) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| format!("spawning the test thread: {e}"))?;
+    match rx.recv_timeout(HUNG_AFTER) {
+        Ok(result) => result,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(format!("{name} hung: not finished after {} s", HUNG_AFTER.as_secs())),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(format!("{name} panicked")),
+    }
 }
 
 /// Boots the VM and runs this same binary, with the same arguments, inside it. Without a test

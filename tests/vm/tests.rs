@@ -43,6 +43,15 @@ macro_rules! ensure_eq {
 }
 pub(crate) use ensure_eq;
 
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {{
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    }};
+}
+pub(crate) use ensure;
+
 fn dmabuf_sources_report_their_exporter_in_fdinfo() -> Result<(), String> {
     let vgem = Card::open_driver("vgem").check("vgem")?;
     // File references: ours alone, except a PRIME export, which the GEM object also holds

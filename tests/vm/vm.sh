@@ -152,7 +152,9 @@ setup() {
 # Boots once. Prints nothing itself; leaves output, rc and console.log in $1.
 boot() {
   local results=$1
-  timeout "${COHERE_VM_TIMEOUT:-300}" qemu-system-x86_64 \
+  # Tests fail at their own deadlines (a hung one after 300 s, see main.rs); this only stops a
+  # VM that stopped running tests, with room for a slow, busy machine.
+  timeout "${COHERE_VM_TIMEOUT:-1200}" qemu-system-x86_64 \
     -accel tcg,thread=multi -cpu max -m 2G -smp 2 -nodefaults -no-reboot \
     -display none -serial "file:$results/console.log" \
     -kernel "$root/boot/vmlinuz-$KERNEL_ABI-amd64" -initrd "$cache/initramfs.cpio.gz" \
@@ -188,7 +190,9 @@ run() {
       vm "boot took $((SECONDS - t0)) s; logs in $results"
       return "$(cat "$results/rc")"
     fi
-    vm "the VM died before the command finished (attempt $attempt); console:"
+    vm "the VM died before the command finished (attempt $attempt); what the command printed (also in output.attempt$attempt), then the console:"
+    [ -f "$results/output" ] && mv "$results/output" "$results/output.attempt$attempt"
+    tail -n 40 "$results/output.attempt$attempt" >&2 || true
     tail -n 30 "$results/console.log" >&2 || true
     tail -n 5 "$results/qemu.log" >&2 || true
   done

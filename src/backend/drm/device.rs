@@ -39,43 +39,63 @@ pub type CompositorError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("opening {path} through the session")]
+    /// Opening the device through the session failed.
     Session {
+        /// The device node.
         path: String,
         #[source]
+        /// The session's error.
         source: smithay::backend::session::libseat::Error,
     },
     #[error("{path} is not a DRM node")]
+    /// The path isn't a DRM node.
     Node {
+        /// The device node.
         path: String,
         #[source]
+        /// Why it isn't one.
         source: smithay::backend::drm::CreateDrmNodeError,
     },
     #[error("DRM on {path}")]
+    /// A DRM call on the device failed.
     Drm {
+        /// The device node.
         path: String,
         #[source]
+        /// smithay's DRM error.
         source: smithay::backend::drm::DrmError,
     },
     #[error("{what} on {path}")]
+    /// A system call on the device failed.
     Io {
+        /// What was being done.
         what: &'static str,
+        /// The device node.
         path: String,
         #[source]
+        /// The system's error.
         source: std::io::Error,
     },
     #[error("watching {path}'s events")]
+    /// The device's events could not be watched.
     EventLoop {
+        /// The device node.
         path: String,
         #[source]
+        /// The event loop's error.
         source: smithay::reexports::calloop::Error,
     },
     #[error("output {output}")]
+    /// smithay's `DrmCompositor` for an output failed.
     Compositor {
+        /// The output's name.
         output: String,
         #[source]
+        /// The compositor's error.
         source: CompositorError,
     },
     #[error("no DrmCompositor for this CRTC")]
+    /// A CRTC without a `DrmCompositor` was asked to render.
     UnknownCrtc,
 }
 
@@ -109,9 +129,13 @@ pub(crate) struct Setup<'a> {
 
 /// A DRM device cohere drives.
 pub struct Device {
+    /// The card's file name (`card1`).
     pub card: String,
+    /// The device node's path.
     pub path: std::path::PathBuf,
+    /// The DRM driver (DRM_IOCTL_VERSION).
     pub driver: String,
+    /// The device's node.
     pub node: DrmNode,
     drm: DrmDevice,
     surfaces: HashMap<crtc::Handle, Surface>,
@@ -138,8 +162,8 @@ impl Device {
         let driver = drm.get_driver().map(|d| d.name().to_string_lossy().into_owned()).unwrap_or_default();
         let card = path.file_name().and_then(|n| n.to_str()).unwrap_or("card?").to_owned();
         let token = handle
-            .insert_source(notifier, move |event, _, state| match event {
-                DrmEvent::VBlank(crtc) => super::vblank(state, node, crtc),
+            .insert_source(notifier, move |event, metadata, state| match event {
+                DrmEvent::VBlank(crtc) => super::vblank(state, node, crtc, metadata.take()),
                 DrmEvent::Error(err) => tracing::warn!(%err, "DRM device error"),
             })
             .map_err(|e| DeviceError::EventLoop { path: at(), source: e.error })?;
@@ -156,6 +180,7 @@ impl Device {
         Ok(Device { card, path: path.to_owned(), driver, node, drm, surfaces, token })
     }
 
+    /// The outputs of the device's connected connectors.
     pub fn outputs(&self) -> impl Iterator<Item = &Output> {
         self.surfaces.values().map(|s| &s.output)
     }

@@ -10,13 +10,14 @@
 
 mod device;
 mod exporter;
+mod pacing;
 mod start;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use smithay::backend::allocator::dmabuf::Dmabuf;
-use smithay::backend::drm::DrmNode;
+use smithay::backend::drm::{DrmEventMetadata as EventMetadata, DrmEventTime as DrmTime, DrmNode};
 use smithay::backend::renderer::element::RenderElementStates;
 use smithay::backend::renderer::gles::GlesRenderer;
 use smithay::backend::renderer::pixman::PixmanRenderer;
@@ -24,14 +25,19 @@ use smithay::backend::renderer::ImportDma;
 use smithay::backend::session::libseat::LibSeatSession;
 use smithay::output::Output;
 use smithay::reexports::calloop::LoopHandle;
+use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
 use smithay::reexports::wayland_server::DisplayHandle;
+use smithay::utils::{Monotonic, Time};
 
 use crate::backend::renderer::Unguarded;
 use crate::backend::Backend;
 use crate::coherency::{CoherencyState, ProbeOptions, Quirks, RendererChoice};
 use crate::import::{ImportConfig, ImportHandler, ImportRejected, ImportState};
 use crate::path::guard::Guarded;
+use crate::render::Presented;
+
 use crate::State;
+use pacing::{Pacing, Trigger};
 
 pub use device::{Device, DeviceError};
 
@@ -39,38 +45,49 @@ pub use device::{Device, DeviceError};
 #[derive(Debug, thiserror::Error)]
 pub enum DrmBackendError {
     #[error("no seat")]
+    /// No seat could be taken (libseat).
     Session(#[source] smithay::backend::session::libseat::Error),
     #[error("udev")]
+    /// udev could not list or watch the devices.
     Udev(#[source] std::io::Error),
     #[error("no DRM device with a connected display")]
+    /// No device has a connected display.
     NoDisplay,
     #[error("pixman renderer")]
+    /// The Pixman renderer could not be created.
     Renderer(#[source] smithay::backend::renderer::pixman::PixmanError),
     #[error("GLES renderer: {0}")]
+    /// The GLES renderer could not be created.
     Gles(String),
     #[error("linux-dmabuf")]
+    /// linux-dmabuf could not be offered.
     Import(#[from] crate::import::ImportError),
 }
 
 /// The KMS backend.
 pub struct Drm {
+    /// The libseat session the devices are opened through.
     pub session: LibSeatSession,
+    /// The renderer every display is drawn with.
     pub renderer: KmsRenderer,
+    /// The DRM devices driven, by node.
     pub devices: HashMap<DrmNode, Device>,
     import: ImportState,
+    /// The coherency model: facts, plans, counters.
     pub coherency: CoherencyState,
     pub(crate) handle: LoopHandle<'static, State<Drm>>,
     /// `--drm-device`: the only device node to drive.
     pub(crate) only_device: Option<std::path::PathBuf>,
-    /// Outputs with a frame queued or a refresh timer pending: exactly one of the two drives
-    /// each output, so frames (and frame callbacks) happen once per refresh.
-    busy: std::collections::HashSet<Output>,
+    /// What drives each output's next frame: its queued flip or a refresh tick.
+    pacing: Pacing,
 }
 
 /// The renderer that composites on every display.
 #[allow(clippy::large_enum_variant)] // one per backend, never moved after creation
 pub enum KmsRenderer {
+    /// Pixman, drawing into the displays' dumb buffers.
     Pixman(Guarded<PixmanRenderer>),
+    /// GLES on the chosen EGL device.
     Gles(Guarded<GlesRenderer>),
 }
 
@@ -122,11 +139,12 @@ impl Drm {
             Unguarded::Gles(gles) => KmsRenderer::Gles(Guarded::new(gles, verdicts)),
         };
         let formats = renderer.dmabuf_formats();
-        let implicit_modifier = super::implicit_modifier(&coherency);
+        let implicit_modifier = crate::import::ImplicitModifier::from_facts(&coherency.machine);
         let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device, implicit_modifier })?;
-        Ok(Self { session, renderer, devices: HashMap::new(), import, coherency, handle, only_device: None, busy: Default::default() })
+        Ok(Self { session, renderer, devices: HashMap::new(), import, coherency, handle, only_device: None, pacing: Pacing::default() })
     }
 
+    /// The linux-dmabuf global's state.
     pub fn import_state(&self) -> &ImportState {
         &self.import
     }
@@ -134,7 +152,7 @@ impl Drm {
     /// Forgets queued frames and pending ticks (session resumed, device gone): the next
     /// render starts fresh.
     pub(crate) fn reset_pacing(&mut self) {
-        self.busy.clear();
+        self.pacing.reset(&self.handle);
     }
 
     /// Feedback for a surface: a scanout tranche for the device its buffer's plan allows direct
@@ -196,8 +214,9 @@ impl Backend for Drm {
     }
 
     fn schedule_redraw(&mut self) {
-        // Outputs redraw on every vblank (or refresh tick when idle); damage tracking keeps
-        // idle frames free.
+        // Outputs with a frame queued draw again at its vblank; those waiting on a refresh
+        // tick draw now, so the change makes the next vblank.
+        self.pacing.redraw_soon(&self.handle);
     }
 }
 
@@ -208,7 +227,7 @@ impl ImportHandler for State<Drm> {
 
     fn import_buffer(&mut self, dmabuf: &Dmabuf) -> Result<(), ImportRejected> {
         let Drm { renderer, coherency, .. } = &mut self.backend;
-        super::plan_and_test_import(coherency, dmabuf, |d| renderer.import(d))?;
+        crate::import::plan_and_test_import(coherency, dmabuf, |d| renderer.import(d))?;
         Ok(())
     }
 
@@ -222,31 +241,22 @@ impl ImportHandler for State<Drm> {
 
 crate::delegate_import!(State<Drm>);
 
-/// Why a frame is being rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Trigger {
-    /// A page flip just completed; that refresh is already accounted for.
-    Vblank,
-    /// Start-up, a new device, session resume, or an idle refresh tick.
-    Tick,
-}
-
-/// Renders and queues one frame on `output`. When nothing changed, the refresh still counts
-/// (frame callbacks, exit condition) unless a flip already did, and the next try is one
-/// refresh later.
+/// Renders and queues one frame on `output`, if [`Pacing`] lets `trigger` draw it. When
+/// nothing changed, the refresh still counts (frame callbacks, exit condition) unless a flip
+/// already did, and the next try is one refresh later (or at a commit before that).
 pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Trigger) {
-    if !state.backend.busy.insert(output.clone()) {
+    if !state.backend.pacing.may_render(output, trigger) {
         // A queued frame or a pending tick will render this output soon.
         return;
     }
     let Some((node, crtc)) = state.backend.find_output(output) else {
-        state.backend.busy.remove(output);
+        state.backend.pacing.forget(output, &state.backend.handle);
         return;
     };
     let clear = crate::render::clear_color(state.core.shell.mode);
     let Drm { renderer, devices, .. } = &mut state.backend;
     let Some(device) = devices.get_mut(&node) else {
-        state.backend.busy.remove(output);
+        state.backend.pacing.forget(output, &state.backend.handle);
         return;
     };
     let outcome = with_renderer!(renderer, r => {
@@ -268,30 +278,37 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
             if let Some(dev) = state.backend.devices.get_mut(&node) {
                 dev.set_pending_states(crtc, states);
             }
+            state.backend.pacing.queued(output, &state.backend.handle);
         }
+        // A commit found nothing new to show: the pending tick still answers this refresh.
+        Ok(device::Rendered::Empty { .. }) if trigger == Trigger::Commit => {}
         Ok(device::Rendered::Empty { states }) => {
             // Nothing to show: answer frame callbacks now and look again in one refresh.
             let refresh = refresh_of(output);
             if trigger == Trigger::Tick {
+                // No flip: the refresh tick stands in for the vblank, and says so (no flags).
                 let now = state.core.clock.now();
-                finish(state, output, &states, now, refresh);
+                let seq = state.core.counters.frames + 1;
+                finish(state, output, &states, Presented::timer(now, refresh, seq));
             }
             let tick = output.clone();
             let timer = smithay::reexports::calloop::timer::Timer::from_duration(refresh);
             let inserted = state.backend.handle.insert_source(timer, move |_, _, state| {
-                state.backend.busy.remove(&tick);
-                render_output(state, &tick, Trigger::Tick);
+                if state.backend.pacing.done(&tick, Trigger::Tick) {
+                    render_output(state, &tick, Trigger::Tick);
+                }
                 smithay::reexports::calloop::timer::TimeoutAction::Drop
             });
-            if let Err(err) = inserted {
-                // Without its tick nothing would drive this output again: it stays free, and
-                // the next commit or flip renders it.
-                state.backend.busy.remove(output);
-                tracing::warn!(%err, output = output.name(), "no refresh timer for an idle output");
+            match inserted {
+                Ok(token) => state.backend.pacing.ticking(output, token),
+                // Without its tick nothing drives this output: it stays free, and the next
+                // commit or flip renders it.
+                Err(err) => tracing::warn!(%err, output = output.name(), "no refresh timer for an idle output"),
             }
         }
         Err(err) => {
-            state.backend.busy.remove(output);
+            // A commit's try leaves the output's tick in place; otherwise nothing drives it
+            // until the next commit.
             tracing::warn!(err = %crate::ErrorChain(&err), output = output.name(), "frame not rendered");
         }
     }
@@ -302,16 +319,9 @@ fn refresh_of(output: &Output) -> Duration {
     Duration::from_nanos(1_000_000_000_000 / mhz)
 }
 
-fn finish(
-    state: &mut State<Drm>,
-    output: &Output,
-    states: &RenderElementStates,
-    at: smithay::utils::Time<smithay::utils::Monotonic>,
-    refresh: Duration,
-) {
+fn finish(state: &mut State<Drm>, output: &Output, states: &RenderElementStates, presented: Presented) {
     state.core.counters.frames += 1;
-    let seq = state.core.counters.frames;
-    crate::render::finish_frame(&mut state.core, output, states, at, refresh, seq);
+    crate::render::finish_frame(&mut state.core, output, states, presented);
     state.publish_output_paths(output);
     if state.core.primary_output() == Some(output) {
         // Screenshots are refused at start-up on KMS, so only the exit condition applies.
@@ -320,14 +330,36 @@ fn finish(
 }
 
 /// A page flip completed on `crtc` of `node`: the frame is on screen.
-pub(crate) fn vblank(state: &mut State<Drm>, node: DrmNode, crtc: smithay::reexports::drm::control::crtc::Handle) {
+pub(crate) fn vblank(
+    state: &mut State<Drm>,
+    node: DrmNode,
+    crtc: smithay::reexports::drm::control::crtc::Handle,
+    flip: Option<EventMetadata>,
+) {
     let Some(device) = state.backend.devices.get_mut(&node) else { return };
     let Some((output, states)) = device.frame_submitted(crtc) else { return };
-    let now = state.core.clock.now();
+    let presented = flip_presented(flip, state.core.clock.now(), refresh_of(&output), state.core.counters.frames + 1);
     state.core.counters_of(&output).flips += 1;
     state.core.commits.releases.frame_shown(&output);
     state.core.commits.releases.poll_deferred();
-    finish(state, &output, &states, now, refresh_of(&output));
-    state.backend.busy.remove(&output);
-    render_output(state, &output, Trigger::Vblank);
+    finish(state, &output, &states, presented);
+    if state.backend.pacing.done(&output, Trigger::Vblank) {
+        render_output(state, &output, Trigger::Vblank);
+    }
+}
+
+/// Presentation of a completed flip: the kernel's vblank timestamp and sequence, when the
+/// device gives monotonic timestamps, which is what `HW_CLOCK` promises; the flip completing
+/// is a hardware event (`HW_COMPLETION`) at a vblank (`VSYNC`) either way. A device with
+/// realtime timestamps (or an event without them) gets the time the event was handled and
+/// cohere's own frame count, without `HW_CLOCK`.
+fn flip_presented(flip: Option<EventMetadata>, now: Time<Monotonic>, refresh: Duration, frame: u64) -> Presented {
+    use wp_presentation_feedback::Kind;
+    let at_vblank = Kind::Vsync | Kind::HwCompletion;
+    match flip {
+        Some(EventMetadata { time: DrmTime::Monotonic(at), sequence }) => {
+            Presented { at: Time::from(at), refresh, seq: u64::from(sequence), flags: at_vblank | Kind::HwClock }
+        }
+        _ => Presented { at: now, refresh, seq: frame, flags: at_vblank },
+    }
 }

@@ -36,16 +36,27 @@ pub use worker::{CopyDone, CopyJob, CopyWorker, Done, Job, Readout};
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error("{0} has no single-plane layout cohere can copy")]
+    /// The format has no single-plane layout cohere copies.
     Format(Fourcc),
     #[error("the buffer's plane 0 is smaller than its rows ({need} > {have} bytes)")]
-    Size { need: u64, have: u64 },
+    /// The buffer is smaller than its rows.
+    Size {
+        /// Bytes the rows need.
+        need: u64,
+        /// Bytes the plane has.
+        have: u64,
+    },
     #[error("mmap: {0}")]
+    /// mmap failed.
     Map(rustix::io::Errno),
     #[error("DMA_BUF_IOCTL_SYNC: {0}")]
+    /// DMA_BUF_IOCTL_SYNC failed.
     Sync(String),
     #[error("a device is writing the buffer again after its commit (a new write fence)")]
+    /// A device is writing the buffer again.
     Fenced,
     #[error("the copy thread is gone")]
+    /// The copy thread is gone.
     NoWorker,
 }
 
@@ -87,6 +98,7 @@ type CopyData = Mutex<CopyState>;
 /// What the pre-commit hook knows of a commit's damage, in buffer coordinates.
 #[derive(Debug, Clone)]
 pub enum PendingDamage {
+    /// These rectangles.
     Rects(Vec<Rectangle<i32, BufferCoords>>),
     /// Surface damage that can't be mapped to the buffer exactly (scale, transform, viewport).
     Whole,
@@ -95,7 +107,9 @@ pub enum PendingDamage {
 /// A planned copy: the job for the worker, and its place in the surface's order.
 #[derive(Debug)]
 pub struct Planned {
+    /// The job for the copy thread.
     pub job: CopyJob,
+    /// Its place in the surface's order.
     pub seq: u64,
 }
 
@@ -224,8 +238,11 @@ fn disjoint(rects: Vec<Rectangle<i32, BufferCoords>>, full: Rectangle<i32, Buffe
 /// One plane's bytes and row layout.
 #[derive(Debug)]
 pub struct Plane<B> {
+    /// The plane's bytes.
     pub bytes: B,
+    /// Where the image starts.
     pub offset: usize,
+    /// Bytes per row.
     pub stride: usize,
 }
 

@@ -21,36 +21,47 @@ use super::{gather, CopyError, Plane};
 pub struct CopyJob {
     /// The commit wait this job belongs to (see `crate::commit`).
     pub id: u64,
+    /// The buffer to read.
     pub dmabuf: Dmabuf,
+    /// The rectangles to read.
     pub rects: Vec<Rectangle<i32, BufferCoords>>,
+    /// Bytes per pixel.
     pub cpp: usize,
 }
 
 /// The damaged rows of a job, rectangle after rectangle, each `w × cpp` bytes per row.
 #[derive(Debug)]
 pub struct Readout {
+    /// The rectangles read.
     pub rects: Vec<Rectangle<i32, BufferCoords>>,
+    /// Their rows, one after another.
     pub data: Vec<u8>,
 }
 
 /// What came back for job `id`.
 #[derive(Debug)]
 pub struct CopyDone {
+    /// The wait the copy belongs to.
     pub id: u64,
+    /// What was read, or why not.
     pub result: Result<Readout, CopyError>,
 }
 
 /// Work for the thread.
 #[derive(Debug)]
 pub enum Job {
+    /// A CPU copy.
     Copy(CopyJob),
+    /// Cache maintenance before scanout.
     Maintain(crate::path::maintenance::MaintainJob),
 }
 
 /// What the thread did.
 #[derive(Debug)]
 pub enum Done {
+    /// A copy came back.
     Copy(CopyDone),
+    /// Maintenance is done.
     Maintained(crate::path::maintenance::MaintainDone),
 }
 

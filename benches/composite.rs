@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use cohere::path::cpu_copy::{gather, scatter, Plane};
+use cohere::path::cpu_copy::{copy_rects, Plane, Reads};
 use criterion::{black_box, criterion_group, Criterion};
 use smithay::backend::allocator::Fourcc;
 use smithay::backend::renderer::damage::OutputDamageTracker;
@@ -83,8 +83,8 @@ fn gles() -> Option<GlesRenderer> {
 }
 
 fn copy(src: &[u8], dst: &mut [u8], rect: Rectangle<i32, Buffer>) {
-    let data = gather(&Plane { bytes: src, offset: 0, stride: (W * 4) as usize }, &[rect], 4);
-    scatter(&data, Plane { bytes: dst, offset: 0, stride: (W * 4) as usize }, &[rect], 4);
+    let stride = (W * 4) as usize;
+    copy_rects(&Plane { bytes: src, offset: 0, stride }, &mut Plane { bytes: dst, offset: 0, stride }, &[rect], 4, Reads::Cached);
 }
 
 fn bench(c: &mut Criterion) {

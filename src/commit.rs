@@ -90,7 +90,7 @@ use smithay::wayland::compositor::{add_blocker, with_states, BufferAssignment, C
 use smithay::wayland::viewporter::ViewportCachedState;
 
 use crate::coherency::{CoherencyState, DeviceId, Path};
-use crate::path::cpu_copy::{self, CopyDone, CopyError, CopyWorker, Done, Job, PendingDamage};
+use crate::path::cpu_copy::{self, CopyDone, CopyError, CopyWorker, Done, Job, PendingDamage, Reads};
 use crate::path::maintenance::{MaintainDone, MaintainJob};
 use crate::path::release::{AttachKind, ReleasePath, Releases};
 use crate::sync::{Acquire, FenceBlocker, FenceFd};
@@ -189,8 +189,6 @@ struct CommitWait {
     surface: Weak<WlSurface>,
     blocker: FenceBlocker,
     client: Client,
-    /// The surface's copy sequence number, when the commit waits for a CPU copy.
-    copy_seq: Option<u64>,
     /// The acquire fence's event source while the commit waits for the fence.
     fence_source: Option<RegistrationToken>,
 }
@@ -277,7 +275,8 @@ pub fn pre_commit<D: CommitHandler>(state: &mut D, surface: &WlSurface) {
     commits.next_id += 1;
     let id = commits.next_id;
     let (job, copy_seq) = if copied {
-        match cpu_copy::plan(surface, &dmabuf, pending.damage, (pending.scale, pending.transform), id) {
+        let reads = state.coherency().plans.get(&dmabuf).map_or(Reads::Cached, |plan| Reads::of(plan.memory));
+        match cpu_copy::plan(surface, &dmabuf, pending.damage, (pending.scale, pending.transform), id, reads) {
             Ok(planned) => (Some(Job::Copy(planned.job)), Some(planned.seq)),
             Err(err) => {
                 tracing::warn!(%err, "no cpu copy; the surface is drawn the usual way");
@@ -294,7 +293,7 @@ pub fn pre_commit<D: CommitHandler>(state: &mut D, surface: &WlSurface) {
         return;
     }
     let blocker = FenceBlocker::default();
-    let wait = CommitWait { surface: surface.downgrade(), blocker: blocker.clone(), client, copy_seq, fence_source: None };
+    let wait = CommitWait { surface: surface.downgrade(), blocker: blocker.clone(), client, fence_source: None };
     state.commit_state().waits.insert(id, wait);
     match fence {
         Acquire::Ready => {
@@ -327,6 +326,12 @@ pub fn pre_commit<D: CommitHandler>(state: &mut D, surface: &WlSurface) {
                 Err(err) => {
                     tracing::warn!(%err, "cannot watch an acquire fence; the commit goes ahead");
                     commits.waits.remove(&id);
+                    // Its copy won't run: later copies of the surface must not wait for it.
+                    if let Some(seq) = copy_seq {
+                        for job in cpu_copy::ready(surface, seq, None) {
+                            submit(state, Job::Copy(job));
+                        }
+                    }
                     return;
                 }
             }
@@ -335,13 +340,31 @@ pub fn pre_commit<D: CommitHandler>(state: &mut D, surface: &WlSurface) {
     add_blocker(surface, blocker);
 }
 
+/// Hands `job` to the copy thread; a copy goes in its surface's commit order
+/// ([`cpu_copy::ready`]), so it may wait for an earlier copy's fence.
 fn submit<D: CommitHandler>(state: &mut D, job: Job) {
+    let jobs = match job {
+        Job::Copy(job) => {
+            let surface = state.commit_state().waits.get(&job.id).and_then(|w| w.surface.upgrade().ok());
+            match surface {
+                Some(surface) => cpu_copy::ready(&surface, job.seq, Some(job)).into_iter().map(Job::Copy).collect(),
+                None => Vec::new(),
+            }
+        }
+        job => vec![job],
+    };
+    for job in jobs {
+        to_worker(state, job);
+    }
+}
+
+fn to_worker<D: CommitHandler>(state: &mut D, job: Job) {
     let rejected = match &state.commit_state().worker {
         Some(worker) => worker.submit(job).err(),
         None => Some(job),
     };
     match rejected {
-        Some(Job::Copy(job)) => copy_done(state, CopyDone { id: job.id, result: Err(CopyError::NoWorker) }),
+        Some(Job::Copy(job)) => copy_done(state, CopyDone { id: job.id, seq: job.seq, result: Err(CopyError::NoWorker) }),
         Some(Job::Maintain(job)) => maintained_done(state, MaintainDone { id: job.id, result: Err("the copy thread is gone".into()) }),
         None => {}
     }
@@ -369,15 +392,11 @@ fn maintained_done<D: CommitHandler>(state: &mut D, done: MaintainDone) {
     release_wait(state, done.id);
 }
 
-/// A copy came back from the copy thread: land it (and any later ones of the same surface
-/// that were waiting for it) and let those commits through.
+/// A copy came back from the copy thread: the shadow holds it, so its commit may apply.
 fn copy_done<D: CommitHandler>(state: &mut D, done: CopyDone) {
-    let Some(wait) = state.commit_state().waits.get(&done.id) else { return };
-    let (Some(seq), Ok(surface)) = (wait.copy_seq, wait.surface.upgrade()) else {
-        release_wait(state, done.id);
-        return;
-    };
-    for (seq, bytes) in cpu_copy::job_done(&surface, seq, done.result) {
+    let surface = state.commit_state().waits.get(&done.id).and_then(|w| w.surface.upgrade().ok());
+    if let Some(surface) = surface {
+        let bytes = cpu_copy::job_done(&surface, done.seq, done.result);
         if bytes > 0 {
             let counters = &mut state.commit_state().counters;
             counters.cpu_copies += 1;
@@ -385,12 +404,8 @@ fn copy_done<D: CommitHandler>(state: &mut D, done: CopyDone) {
             state.surface_copied(&surface, bytes);
             tracing::trace!(bytes, "cpu copy landed");
         }
-        let waits = &state.commit_state().waits;
-        let id = waits.iter().find(|(_, w)| w.copy_seq == Some(seq) && w.surface == surface.downgrade()).map(|(id, _)| *id);
-        if let Some(id) = id {
-            release_wait(state, id);
-        }
     }
+    release_wait(state, done.id);
 }
 
 /// Lets commit `id` through.

@@ -265,6 +265,7 @@ proptest! {
         let cpu = MachineFacts::cpu_consumer();
         let machine_plan = BufferPlan {
             exporter: "x".into(),
+            memory: exporter.memory.value,
             render: of(&render_c, &render),
             scanout: all[1..].iter().map(|(c, d)| of(c, d)).collect(),
             cpu: of(&cpu, &plan(&exporter, &cpu, None)),

@@ -3,7 +3,10 @@
 //! A descriptor that is not a dma-buf has no `exp_name` line, which is how a memfd, pipe or file
 //! passed off as a dma-buf is told apart.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Mutex;
+
+use rustix::fs::{Mode, OFlags};
 
 /// What fdinfo says about a dma-buf.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +51,37 @@ impl DmabufFdInfo {
     /// Reads the fdinfo of `fd` in this process.
     pub fn read(fd: impl AsFd) -> Result<Self, FdInfoError> {
         let raw = fd.as_fd().as_raw_fd();
-        let path = format!("/proc/self/fdinfo/{raw}");
-        let text = std::fs::read_to_string(&path).map_err(|source| FdInfoError::Read { path, source })?;
-        Self::parse(raw, &text)
+        let read_error = |source: rustix::io::Errno| FdInfoError::Read { path: format!("/proc/self/fdinfo/{raw}"), source: source.into() };
+        // Every import reads this, so it is opened relative to a kept directory descriptor:
+        // resolving /proc/self/fdinfo/N from the root costs more than the read itself.
+        let file = fdinfo_dir()
+            .and_then(|dir| rustix::fs::openat(&dir, raw.to_string(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()))
+            .map_err(read_error)?;
+        // A dma-buf's fdinfo is a few hundred bytes; read until EOF in any case.
+        let mut bytes = Vec::with_capacity(512);
+        let mut chunk = [0u8; 512];
+        loop {
+            let n = rustix::io::read(&file, &mut chunk).map_err(read_error)?;
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+        Self::parse(raw, &String::from_utf8_lossy(&bytes))
+    }
+
+    /// Whether `fd` is a dma-buf. A dma-buf lives on the kernel's dma-buf pseudo-filesystem, so
+    /// one `fstatfs` answers for every kernel cohere supports. Anything else is asked of fdinfo,
+    /// which has `exp_name` exactly for dma-bufs.
+    pub fn is_dmabuf(fd: impl AsFd) -> bool {
+        /// DMA_BUF_MAGIC from include/uapi/linux/magic.h ("DMAB").
+        const DMA_BUF_MAGIC: i64 = 0x444d_4142;
+        // f_type is i64 on x86_64 and narrower elsewhere (i32 on 32-bit ARM, u32 on s390x).
+        #[allow(clippy::unnecessary_cast)]
+        match rustix::fs::fstatfs(&fd) {
+            Ok(stat) if stat.f_type as i64 == DMA_BUF_MAGIC => true,
+            _ => Self::read(fd).is_ok(),
+        }
     }
 
     /// Parses fdinfo text (`key:\tvalue` lines).
@@ -70,6 +101,34 @@ impl DmabufFdInfo {
     }
 }
 
+/// Opens the kept `/proc/<pid>/fdinfo` descriptor now (see [`DmabufFdInfo::read`]). If that
+/// fails, each read tries again and reports the error.
+pub(crate) fn keep_fdinfo_dir() {
+    if let Err(err) = fdinfo_dir() {
+        tracing::warn!(%err, "can't open /proc/self/fdinfo: every dma-buf import will fail");
+    }
+}
+
+/// This process's `/proc/<pid>/fdinfo`, opened once per process: a forked child that calls
+/// [`DmabufFdInfo::read`] opens its own.
+fn fdinfo_dir() -> Result<std::sync::Arc<OwnedFd>, rustix::io::Errno> {
+    static DIR: Mutex<Option<(rustix::process::Pid, std::sync::Arc<OwnedFd>)>> = Mutex::new(None);
+    let pid = rustix::process::getpid();
+    let mut dir = DIR.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((owner, fd)) = dir.as_ref() {
+        if *owner == pid {
+            return Ok(fd.clone());
+        }
+    }
+    let fd = std::sync::Arc::new(rustix::fs::open(
+        format!("/proc/{}/fdinfo", pid.as_raw_nonzero()),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?);
+    *dir = Some((pid, fd.clone()));
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +138,17 @@ mod tests {
         let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\nsize:\t65536\ncount:\t1\nexp_name:\tudmabuf\n";
         let info = DmabufFdInfo::parse(5, text).unwrap();
         assert_eq!(info, DmabufFdInfo { size: 65536, count: 1, exp_name: "udmabuf".into(), name: None });
+    }
+
+    #[test]
+    fn a_memfd_is_not_a_dmabuf() {
+        let memfd = rustix::fs::memfd_create("not-a-dmabuf", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&memfd, 4096).unwrap();
+        assert!(!DmabufFdInfo::is_dmabuf(&memfd));
+        // Read through the kept directory descriptor, twice: the second read reuses it.
+        for _ in 0..2 {
+            assert!(matches!(DmabufFdInfo::read(&memfd), Err(FdInfoError::NotDmabuf(_))));
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod report;
 pub use facts::{
     Access, ConsumerFacts, ConsumerId, DeviceFacts, DeviceId, ExporterFacts, Fact, MachineFacts, MemoryType, RendererFacts, Source,
 };
+pub(crate) use fdinfo::keep_fdinfo_dir;
 pub use fdinfo::{DmabufFdInfo, FdInfoError};
 pub use hint::{plan_hints, scanout_format_hint, Advice, Hint};
 pub use plan::{plan, BufferPlan, ConsumerPlan, Decision, Path, Why};
@@ -355,12 +356,15 @@ impl CoherencyState {
         let entry = Entry::new(dmabuf, exporter, &self.machine);
         let plan = &entry.plan;
         self.counters.record(plan);
-        let format = smithay::backend::allocator::Buffer::format(dmabuf);
-        let reasons: Vec<String> = plan.decisions().map(|(c, d)| format!("{c}: {d}")).collect();
-        tracing::debug!(
-            exporter = %info.exp_name, size = info.size, fourcc = %format.code, modifier = ?format.modifier,
-            plan = %plan, reasons = %reasons.join("; "), "buffer plan"
-        );
+        // Formatting the reasons costs more than planning: only when someone reads them.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let format = smithay::backend::allocator::Buffer::format(dmabuf);
+            let reasons: Vec<String> = plan.decisions().map(|(c, d)| format!("{c}: {d}")).collect();
+            tracing::debug!(
+                exporter = %info.exp_name, size = info.size, fourcc = %format.code, modifier = ?format.modifier,
+                plan = %plan, reasons = %reasons.join("; "), "buffer plan"
+            );
+        }
         if let Some(why) = plan.rejection() {
             return Err(why);
         }

@@ -197,6 +197,9 @@ impl ConsumerPlan {
 pub struct BufferPlan {
     /// The buffer's exporter.
     pub exporter: String,
+    /// How the CPU maps the buffer's memory: how the CPU copy reads it.
+    #[serde(skip)]
+    pub memory: MemoryType,
     /// The renderer's decision.
     pub render: ConsumerPlan,
     /// One per KMS device.
@@ -214,7 +217,13 @@ impl BufferPlan {
         let scanout = machine.scanout_consumers().iter().map(|c| ConsumerPlan::new(c, plan(exporter, c, Some(&render)))).collect();
         let cpu_consumer = MachineFacts::cpu_consumer();
         let cpu = ConsumerPlan::new(&cpu_consumer, plan(exporter, &cpu_consumer, None));
-        Self { exporter: exporter.name.value.clone(), render: ConsumerPlan::new(&render_consumer, render), scanout, cpu }
+        Self {
+            exporter: exporter.name.value.clone(),
+            memory: exporter.memory.value,
+            render: ConsumerPlan::new(&render_consumer, render),
+            scanout,
+            cpu,
+        }
     }
 
     /// The plan with only the displays in `displays` (the ones a compositor drives).

@@ -168,6 +168,9 @@ impl ImportState {
             formats.extend(implicit);
         }
         let table = FormatTable::new(&formats)?;
+        // Every import reads fdinfo through one kept descriptor: open it now, with the
+        // global, rather than in the middle of the first client's import.
+        crate::coherency::keep_fdinfo_dir();
         let version = if config.main_device.is_some() { 5 } else { 3 };
         let default_feedback = config.main_device.map(|dev| Feedback::render_only(dev, table.formats()));
         let global = display.create_global::<D, ZwpLinuxDmabufV1, _>(version, ImportGlobalData { _private: () });

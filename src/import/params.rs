@@ -157,10 +157,8 @@ impl Params {
         if req.flags & (FLAG_INTERLACED | FLAG_BOTTOM_FIRST) != 0 {
             return Err(Rejection::Failed("interlaced buffers are not supported".into()));
         }
-        for (idx, plane) in planes.iter().enumerate() {
-            if let Err(err) = DmabufFdInfo::read(plane.fd.as_fd()) {
-                return Err(Rejection::Failed(format!("plane {idx}: {err}")));
-            }
+        if let Some(idx) = planes.iter().position(|plane| !DmabufFdInfo::is_dmabuf(plane.fd.as_fd())) {
+            return Err(Rejection::Failed(format!("plane {idx}: the fd is not a dma-buf")));
         }
 
         let flags = if req.flags & FLAG_Y_INVERT != 0 { DmabufFlags::Y_INVERT } else { DmabufFlags::empty() };

@@ -18,6 +18,8 @@
 //!   (holding the fence) until cohere terminates it;
 //! - `COHERE_CLIENT_FRAMES=K`: K more full frames, alternating the two buffers, each waiting for
 //!   its presentation;
+//! - `COHERE_CLIENT_FRAME_DAMAGE=W,H`: in those frames, declare only a W x H square damaged, a
+//!   different place each frame (a small animation; the benchmarks' "rect" workload);
 //! - `COHERE_CLIENT_REWRITE=1`: in those frames, each buffer is rewritten once the compositor
 //!   released it, frame k with [`frame_image`]`(k)`, as a real client reuses its buffers;
 //! - `COHERE_CLIENT_CALLBACKS=1`: then commit on every frame callback forever, counting them.
@@ -270,13 +272,23 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
     }
     if let Some(frames) = std::env::var("COHERE_CLIENT_FRAMES").ok().and_then(|v| v.parse::<usize>().ok()) {
         let rewrite = std::env::var("COHERE_CLIENT_REWRITE").as_deref() == Ok("1");
+        let square: Option<Vec<i32>> =
+            std::env::var("COHERE_CLIENT_FRAME_DAMAGE").ok().map(|d| d.split(',').filter_map(|n| n.parse().ok()).collect());
+        let frame_damage = |i: usize| match square.as_deref() {
+            // The square walks a diagonal across the buffer, wrapping at its edges.
+            Some(&[sw, sh]) if sw > 0 && sh > 0 && sw <= full.2 && sh <= full.3 => {
+                let step = i as i32 * 8;
+                (step % (full.2 - sw + 1), step % (full.3 - sh + 1), sw, sh)
+            }
+            _ => full,
+        };
         for i in 0..frames {
             let presented = c.client.state.presentations.len();
             let index = (i + 1) % 2;
             if rewrite {
                 c.rewrite(index, frame_image(w, h, i as u32 + 1))?;
             }
-            c.commit(index, full, presented as u32 + 1, true)?;
+            c.commit(index, frame_damage(i), presented as u32 + 1, true)?;
             c.wait_presented(presented + 1, "waiting for a frame's presentation")?;
             reporter.update(|r| r.presented += 1)?;
             reporter.observe(&c.client)?;

@@ -20,6 +20,7 @@ mod gles;
 #[path = "../fixture/harness.rs"]
 mod harness;
 mod headless;
+mod import_bench;
 mod import_tests;
 mod kms;
 mod maintenance;
@@ -51,27 +52,25 @@ fn main() -> ExitCode {
         .chain(buffer_path::all())
         .chain(embed::all())
         .map(|t| (0, t));
-    let kms = kms::all()
-        .into_iter()
-        .chain(camera::kms())
-        .chain(maintenance::kms())
-        .chain(gles::kms())
-        .chain(presentation::kms())
-        .map(|(boot, name, f)| (boot, (name, f)));
-    let trials = base
-        .chain(kms)
-        .filter(|(g, _)| group.map_or(true, |want| want == *g))
-        .map(|(_, (name, f))| {
-            Trial::test(name, move || {
-                let start = std::time::Instant::now();
-                let result = watched(name, f).map_err(Into::into);
-                if std::env::var_os("COHERE_TEST_TIMES").is_some() {
-                    eprintln!("{name}: {} ms", start.elapsed().as_millis());
-                }
-                result
-            })
+    let kms = kms_tests().into_iter().map(|(boot, name, f)| (boot, (name, f)));
+    let trial = |name: &'static str, f: tests::TestFn| {
+        Trial::test(name, move || {
+            let start = std::time::Instant::now();
+            let result = watched(name, f).map_err(Into::into);
+            if std::env::var_os("COHERE_TEST_TIMES").is_some() {
+                eprintln!("{name}: {} ms", start.elapsed().as_millis());
+            }
+            result
         })
-        .collect();
+    };
+    let mut trials: Vec<Trial> =
+        base.chain(kms).filter(|(g, _)| group.map_or(true, |want| want == *g)).map(|(_, (name, f))| trial(name, f)).collect();
+    // Benchmarks run only when asked for by name, with --ignored (scripts/bench-vm.sh).
+    if group.is_none() {
+        trials.extend(
+            presentation::benches().into_iter().chain(import_bench::benches()).map(|(name, f)| trial(name, f).with_ignored_flag(true)),
+        );
+    }
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
 
@@ -98,6 +97,11 @@ fn watched(name: &'static str, f: tests::TestFn) -> Result<(), String> {
     }
 }
 
+/// The tests that run a KMS compositor, with the boot each goes in.
+fn kms_tests() -> Vec<(usize, &'static str, tests::TestFn)> {
+    kms::all().into_iter().chain(camera::kms()).chain(maintenance::kms()).chain(gles::kms()).chain(presentation::kms()).collect()
+}
+
 /// Boots the VM and runs this same binary, with the same arguments, inside it. Without a test
 /// filter the tests go in several boots: group 0, then the KMS tests in the boots kms::all()
 /// assigns (udevd, which hotplug and libinput need, runs only in the last). With a filter, one
@@ -105,7 +109,7 @@ fn watched(name: &'static str, f: tests::TestFn) -> Result<(), String> {
 fn run_in_vm(args: &[String]) -> ExitCode {
     let Some((exe, rest)) = args.split_first() else { return ExitCode::FAILURE };
     let filtered = rest.iter().any(|a| !a.starts_with('-'));
-    let boots = 1 + kms::all().iter().chain(&camera::kms()).chain(&maintenance::kms()).chain(&gles::kms()).map(|t| t.0).max().unwrap_or(0);
+    let boots = 1 + kms_tests().iter().map(|t| t.0).max().unwrap_or(0);
     let groups: Vec<Option<usize>> = if filtered { vec![None] } else { (0..boots).map(Some).collect() };
     for group in groups {
         let code = boot(exe, rest, group);

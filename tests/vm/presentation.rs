@@ -72,3 +72,70 @@ fn report_pacing(frames: &[PresentedFrame]) {
     let consecutive = frames.windows(2).filter(|w| w[1].seq == w[0].seq + 1).count();
     eprintln!("presentation: {consecutive} of {} frames on the next vblank", frames.len().saturating_sub(1));
 }
+
+/// Benchmarks, run by name with `--ignored` (`scripts/bench-vm.sh pacing`), never by the suite.
+pub fn benches() -> Vec<(&'static str, TestFn)> {
+    vec![
+        ("bench_pacing_direct", bench_pacing_direct),
+        ("bench_pacing_cpu_copy", bench_pacing_cpu_copy),
+        ("bench_pacing_cpu_copy_square", bench_pacing_cpu_copy_square),
+    ]
+}
+
+/// Frames of the pacing benchmark: 10 s at 60 Hz.
+const PACED_FRAMES: usize = 600;
+
+/// A udmabuf client on vkms, each frame committed once the previous one was presented: the
+/// share of frames presented on the vblank right after their predecessor's.
+fn pacing(name: &str, config: &str, damage: Damage) -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    let node = vkms_node()?;
+    let config_file = crate::cohere::scratch("pacing", "toml");
+    std::fs::write(&config_file, config).check("config")?;
+    let config_arg = config_file.display().to_string();
+    let frames = PACED_FRAMES.to_string();
+    let mut env = vec![("COHERE_CLIENT_FRAMES", frames.as_str())];
+    if let Damage::Square = damage {
+        env.push(("COHERE_CLIENT_FRAME_DAMAGE", "128,128"));
+    }
+    let args = ["--kiosk", "--drm-device", &node, "--config", &config_arg];
+    let (mut cohere, _, report_file) = start_with_client_report(&args, &["1024", "768"], &env)?;
+    let report = cohere.wait_client(&report_file, "the paced frames presented", |r| r.frames.len() > PACED_FRAMES)?;
+    let stopped = cohere.stop()?;
+    let copies = stopped.stats.cpu_copies;
+    let frames = &report.frames[1..];
+    let consecutive = frames.windows(2).filter(|w| w[1].seq == w[0].seq + 1).count();
+    let total = frames.len() - 1;
+    let zero_copy = frames.iter().filter(|f| f.flags & Kind::ZeroCopy.bits() != 0).count();
+    println!(
+        "pacing {name}: {consecutive} of {total} frames on the next vblank ({:.1} %), {zero_copy} of {} zero-copy, {copies} cpu copies",
+        100.0 * consecutive as f64 / total as f64,
+        frames.len()
+    );
+    Ok(())
+}
+
+/// What the client declares damaged in each frame.
+#[derive(Clone, Copy)]
+enum Damage {
+    /// The whole 1024x768 buffer.
+    Full,
+    /// A 128x128 square, somewhere else each frame.
+    Square,
+}
+
+/// Declared write-combined, the udmabuf is CPU-copied for Pixman before each commit applies
+/// (the commit waits for its copy); vkms still scans the buffer out as it is.
+const COPIED: &str = "[exporter.udmabuf]\nmemory = \"write-combined\"\n";
+
+fn bench_pacing_direct() -> Result<(), String> {
+    pacing("direct", "# the udmabuf goes on vkms's plane as it is\n", Damage::Full)
+}
+
+fn bench_pacing_cpu_copy() -> Result<(), String> {
+    pacing("cpu copy, full damage", COPIED, Damage::Full)
+}
+
+fn bench_pacing_cpu_copy_square() -> Result<(), String> {
+    pacing("cpu copy, 128x128 damage", COPIED, Damage::Square)
+}

@@ -62,6 +62,7 @@ fn dmabuf_sources_report_their_exporter_in_fdinfo() -> Result<(), String> {
         ("drm", vgem_buffer(&vgem, 64, 32).check("vgem")?, 64 * 32 * 4, 3),
     ];
     for (exporter, buffer, size, count) in cases {
+        ensure!(DmabufFdInfo::is_dmabuf(buffer.as_fd()), "{exporter}: fstatfs doesn't say dma-buf");
         let info = DmabufFdInfo::read(buffer.as_fd()).check("fdinfo")?;
         ensure_eq!(info.exp_name, exporter, "exp_name");
         ensure_eq!(info.size, size as u64, "{exporter} size");

@@ -1,10 +1,11 @@
-//! The read side of the CPU copy, on its own thread: map the client's dma-buf, bracket the
-//! reads with `DMA_BUF_IOCTL_SYNC` (START|READ … END|READ), and gather the damaged rows into an
-//! owned buffer. The same thread runs the cache maintenance of DirectWithMaintenance buffers
+//! The copy thread: map the client's dma-buf, bracket the reads with `DMA_BUF_IOCTL_SYNC`
+//! (START|READ … END|READ), and copy the damaged rows straight into the surface's shadow. The
+//! same thread runs the cache maintenance of DirectWithMaintenance buffers
 //! ([`crate::path::maintenance`]), which is the same bracket without the reads. Jobs arrive over
-//! a channel and go back over another; the worker shares no memory and takes no locks, so a
-//! slow (uncached, write-combined) read never holds up the event loop. One thread, first in
-//! first out.
+//! a channel and go back over another, so a slow (uncached, write-combined) read never holds up
+//! the event loop, except a frame that draws that very surface meanwhile, which waits for the
+//! shadow's lock. One thread, first in first out: a surface's copies run in the order they were
+//! handed over.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -14,28 +15,30 @@ use smithay::backend::allocator::Buffer as _;
 use smithay::reexports::calloop::channel;
 use smithay::utils::{Buffer as BufferCoords, Rectangle};
 
-use super::{gather, CopyError, Plane};
+use smithay::backend::renderer::element::memory::MemoryRenderBuffer;
 
-/// One commit's copy: which rectangles of which buffer.
+use super::rows::{copy_rects, Plane, Reads};
+use super::CopyError;
+
+/// One commit's copy: which rectangles of which buffer, into which shadow.
 #[derive(Debug)]
 pub struct CopyJob {
     /// The commit wait this job belongs to (see `crate::commit`).
     pub id: u64,
+    /// Its place in the surface's order of copies.
+    pub seq: u64,
     /// The buffer to read.
     pub dmabuf: Dmabuf,
-    /// The rectangles to read.
+    /// The rectangles to copy.
     pub rects: Vec<Rectangle<i32, BufferCoords>>,
     /// Bytes per pixel.
     pub cpp: usize,
-}
-
-/// The damaged rows of a job, rectangle after rectangle, each `w × cpp` bytes per row.
-#[derive(Debug)]
-pub struct Readout {
-    /// The rectangles read.
-    pub rects: Vec<Rectangle<i32, BufferCoords>>,
-    /// Their rows, one after another.
-    pub data: Vec<u8>,
+    /// How to read the buffer's memory.
+    pub reads: Reads,
+    /// The shadow to write.
+    pub target: MemoryRenderBuffer,
+    /// The shadow's bytes per row.
+    pub target_stride: usize,
 }
 
 /// What came back for job `id`.
@@ -43,8 +46,10 @@ pub struct Readout {
 pub struct CopyDone {
     /// The wait the copy belongs to.
     pub id: u64,
-    /// What was read, or why not.
-    pub result: Result<Readout, CopyError>,
+    /// The copy's place in its surface's order.
+    pub seq: u64,
+    /// The bytes copied, or why nothing was.
+    pub result: Result<u64, CopyError>,
 }
 
 /// Work for the thread.
@@ -89,9 +94,9 @@ impl CopyWorker {
         let thread = std::thread::Builder::new().name("cohere-cpu-copy".into()).spawn(move || {
             for job in rx {
                 let result = match job {
-                    Job::Copy(job) => {
-                        let result = read(&job.dmabuf, &job.rects, job.cpp).map(|data| Readout { rects: job.rects, data });
-                        Done::Copy(CopyDone { id: job.id, result })
+                    Job::Copy(mut job) => {
+                        let result = copy(&mut job);
+                        Done::Copy(CopyDone { id: job.id, seq: job.seq, result })
                     }
                     Job::Maintain(job) => Done::Maintained(crate::path::maintenance::run(job)),
                 };
@@ -121,9 +126,11 @@ impl Drop for CopyWorker {
     }
 }
 
-/// Maps plane 0 from offset 0 (an unaligned plane offset can't be mmapped), brackets the reads
-/// with SYNC, and gathers `rects`.
-pub fn read(dmabuf: &Dmabuf, rects: &[Rectangle<i32, BufferCoords>], cpp: usize) -> Result<Vec<u8>, CopyError> {
+/// Runs `job`: maps plane 0 from offset 0 (an unaligned plane offset can't be mmapped),
+/// brackets the reads with SYNC, and copies the job's rectangles into its shadow. Returns the
+/// bytes copied.
+pub fn copy(job: &mut CopyJob) -> Result<u64, CopyError> {
+    let dmabuf = &job.dmabuf;
     let (Some(fd), Some(offset), Some(stride)) = (dmabuf.handles().next(), dmabuf.offsets().next(), dmabuf.strides().next()) else {
         return Err(CopyError::Format(dmabuf.format().code));
     };
@@ -148,9 +155,17 @@ pub fn read(dmabuf: &Dmabuf, rects: &[Rectangle<i32, BufferCoords>], cpp: usize)
     let src = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
     let result = (|| {
         dmabuf.sync_plane(0, DmabufSyncFlags::START | DmabufSyncFlags::READ).map_err(|e| CopyError::Sync(e.to_string()))?;
-        let data = gather(&Plane { bytes: src, offset, stride }, rects, cpp);
+        let mut copied = 0;
+        let mut shadow = job.target.render();
+        let _ = shadow.draw(|dst: &mut [u8]| -> Result<Vec<Rectangle<i32, BufferCoords>>, std::convert::Infallible> {
+            let mut dst = Plane { bytes: dst, offset: 0, stride: job.target_stride };
+            copied = copy_rects(&Plane { bytes: src, offset, stride }, &mut dst, &job.rects, job.cpp, job.reads);
+            Ok(job.rects.clone())
+        });
+        // The shadow's lock goes (and its damage is recorded) before the bracket closes.
+        drop(shadow);
         dmabuf.sync_plane(0, DmabufSyncFlags::END | DmabufSyncFlags::READ).map_err(|e| CopyError::Sync(e.to_string()))?;
-        Ok(data)
+        Ok(copied)
     })();
     // SAFETY: unmaps exactly the mapping made above; `src` is not used after this.
     let _ = unsafe { rustix::mm::munmap(ptr, len) };

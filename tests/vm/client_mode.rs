@@ -258,13 +258,11 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
         c.client.blocking_roundtrip().check("surface feedback")?;
     }
     let feedback: Vec<String> = c.client.state.transcript.iter().filter(|l| l.starts_with("feedback: ")).cloned().collect();
-    // Presentations, flags and batches first, then the count a test waits on: a report that
-    // says `presented = N` then already holds what came with those N presentations.
-    reporter.observe(&c.client)?;
     reporter.update(|r| {
         r.presented = 1;
         r.feedback = feedback;
     })?;
+    reporter.observe(&c.client)?;
 
     let damage: Option<Vec<i32>> =
         std::env::var("COHERE_CLIENT_DAMAGE").ok().map(|d| d.split(',').filter_map(|n| n.parse().ok()).collect());
@@ -292,8 +290,8 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
             }
             c.commit(index, frame_damage(i), presented as u32 + 1, true)?;
             c.wait_presented(presented + 1, "waiting for a frame's presentation")?;
-            reporter.observe(&c.client)?;
             reporter.update(|r| r.presented += 1)?;
+            reporter.observe(&c.client)?;
         }
     }
     if std::env::var("COHERE_CLIENT_CALLBACKS").as_deref() == Ok("1") {
@@ -370,7 +368,6 @@ fn second_buffer(c: &mut Client, reporter: &mut Reporter, damage: (i32, i32, i32
         }
     }
     c.wait_presented(2, "waiting for the damage's presentation")?;
-    reporter.observe(&c.client)?;
     reporter.update(|r| r.presented = 2)?;
     // The first buffer was replaced: its release point must signal now (explicit sync).
     if let Some(point) = c.release_points[0].clone() {

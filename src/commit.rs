@@ -327,9 +327,10 @@ pub fn pre_commit<D: CommitHandler>(state: &mut D, surface: &WlSurface) {
                     tracing::warn!(%err, "cannot watch an acquire fence; the commit goes ahead");
                     commits.waits.remove(&id);
                     // Its copy won't run: later copies of the surface must not wait for it.
+                    // `ready` has already put the released copies in order: straight to the thread.
                     if let Some(seq) = copy_seq {
                         for job in cpu_copy::ready(surface, seq, None) {
-                            submit(state, Job::Copy(job));
+                            to_worker(state, Job::Copy(job));
                         }
                     }
                     return;

@@ -94,6 +94,8 @@ impl CompositorHandler for App {
     }
     fn commit(&mut self, surface: &WlSurface) {
         let attached = cohere::commit::attached(surface);
+        // A y_invert buffer's flip becomes part of its buffer transform.
+        self.import.orient(surface);
         on_commit_buffer_handler::<Self>(surface);
         cohere::commit::committed(self, surface, attached);
         // Full-output toplevels: configure once, at the initial commit.
@@ -117,6 +119,9 @@ impl CommitHandler for App {
     }
     fn display_handle(&self) -> DisplayHandle {
         self.display.clone()
+    }
+    fn y_inverted(&self, dmabuf: &Dmabuf) -> bool {
+        self.import.is_y_inverted(dmabuf)
     }
 }
 

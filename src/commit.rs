@@ -55,6 +55,11 @@
 //!     fn display_handle(&self) -> DisplayHandle {
 //!         self.display.clone()
 //!     }
+//!     fn y_inverted(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
+//!         // With cohere's linux-dmabuf: `import_state.is_y_inverted(dmabuf)`.
+//!         let _ = dmabuf;
+//!         false
+//!     }
 //! }
 //!
 //! impl CompositorHandler for MyState {
@@ -140,6 +145,8 @@ pub trait CommitHandler: CompositorHandler + Sized + 'static {
     fn display_handle(&self) -> DisplayHandle;
     /// A CPU copy of `surface` landed, having read `bytes` (for statistics).
     fn surface_copied(&mut self, _surface: &WlSurface, _bytes: u64) {}
+    /// Whether `dmabuf` was created with y_invert: [`crate::import::ImportState::is_y_inverted`].
+    fn y_inverted(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool;
 }
 
 impl CommitState {
@@ -276,7 +283,14 @@ pub fn pre_commit<D: CommitHandler>(state: &mut D, surface: &WlSurface) {
     let id = commits.next_id;
     let (job, copy_seq) = if copied {
         let reads = state.coherency().plans.get(&dmabuf).map_or(Reads::Cached, |plan| Reads::of(plan.memory));
-        match cpu_copy::plan(surface, &dmabuf, pending.damage, (pending.scale, pending.transform), id, reads) {
+        // A y_invert buffer is drawn through a flipped transform (ImportState::orient), and
+        // its damage, in which rows the protocol leaves open, is copied whole.
+        let (damage, transform) = if state.y_inverted(&dmabuf) {
+            (PendingDamage::Whole, crate::import::flip_rows(pending.transform.into()).into())
+        } else {
+            (pending.damage, pending.transform)
+        };
+        match cpu_copy::plan(surface, &dmabuf, damage, (pending.scale, transform), id, reads) {
             Ok(planned) => (Some(Job::Copy(planned.job)), Some(planned.seq)),
             Err(err) => {
                 tracing::warn!(%err, "no cpu copy; the surface is drawn the usual way");

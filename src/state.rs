@@ -46,6 +46,7 @@ impl<B: Backend> CompositorHandler for State<B> {
 
     fn commit(&mut self, surface: &WlSurface) {
         let attached = crate::commit::attached(surface);
+        self.backend.import().orient(surface);
         on_commit_buffer_handler::<Self>(surface);
         crate::commit::committed(self, surface, attached);
         if !is_sync_subsurface(surface) {
@@ -117,6 +118,10 @@ impl<B: Backend> crate::commit::CommitHandler for State<B> {
 
     fn surface_copied(&mut self, surface: &WlSurface, bytes: u64) {
         self.core.surface_copied(surface, bytes);
+    }
+
+    fn y_inverted(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> bool {
+        self.backend.import().is_y_inverted(dmabuf)
     }
 }
 

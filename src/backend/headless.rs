@@ -271,6 +271,10 @@ crate::delegate_import!(State<Headless>);
 impl Backend for Headless {
     /// Headless outputs render on every refresh tick anyway; damage tracking makes a frame
     /// with nothing new cost nothing, so there is nothing to schedule.
+    fn import(&self) -> &ImportState {
+        self.import_state()
+    }
+
     fn coherency(&self) -> &CoherencyState {
         &self.coherency
     }

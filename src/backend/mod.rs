@@ -16,6 +16,9 @@ pub trait Backend: Sized + 'static {
     /// The coherency model, to change it (a configuration reload).
     fn coherency_mut(&mut self) -> &mut crate::coherency::CoherencyState;
 
+    /// The linux-dmabuf global's state (what each buffer was created with).
+    fn import(&self) -> &crate::import::ImportState;
+
     /// Every live buffer's plan changed (hotplug, a configuration reload): backends with
     /// displays let buffers onto their planes anew.
     fn plans_changed(&mut self) {}

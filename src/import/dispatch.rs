@@ -155,10 +155,13 @@ fn build<D: ImportHandler>(
     let formats = state.import_state().formats().to_vec();
     let implicit = state.import_state().implicit_modifier();
     let result = data.0.lock().unwrap_or_else(|e| e.into_inner()).create(req, &formats, implicit);
-    let dmabuf = result?;
-    state.import_buffer(&dmabuf).map_err(|reason| Rejection::Failed(reason.0))?;
-    tracing::debug!(params = %params.id(), w = req.width, h = req.height, format = ?dmabuf_format(&dmabuf), "dma-buf imported");
-    Ok(dmabuf)
+    let created = result?;
+    state.import_buffer(&created.dmabuf).map_err(|reason| Rejection::Failed(reason.0))?;
+    tracing::debug!(params = %params.id(), w = req.width, h = req.height, format = ?dmabuf_format(&created.dmabuf), y_inverted = created.y_inverted, "dma-buf imported");
+    if created.y_inverted {
+        state.import_state().y_inverted.insert(&created.dmabuf);
+    }
+    Ok(created.dmabuf)
 }
 
 fn dmabuf_format(dmabuf: &Dmabuf) -> smithay::backend::allocator::Format {
@@ -258,7 +261,8 @@ where
         // wl_buffer.destroy only: the resource (and with it the Dmabuf's fds) goes away.
     }
 
-    fn destroyed(state: &mut D, _client: ClientId, buffer: &WlBuffer, _data: &Dmabuf) {
+    fn destroyed(state: &mut D, _client: ClientId, buffer: &WlBuffer, data: &Dmabuf) {
+        state.import_state().y_inverted.remove(data);
         state.buffer_destroyed(buffer);
     }
 }

@@ -5,7 +5,9 @@
 //! a buffer that passes becomes a smithay [`Dmabuf`] (planes in plane_idx order) stored as the
 //! `wl_buffer`'s user data, so smithay's renderers and `get_dmabuf()` keep working. Between
 //! validation and the answer, [`ImportHandler::import_buffer`] decides (renderer test import,
-//! coherency plan).
+//! coherency plan). A buffer created with `y_invert` is flipped through the surface's buffer
+//! transform: call [`ImportState::orient`] in `CompositorHandler::commit`, before smithay's
+//! `on_commit_buffer_handler`.
 //!
 //! # How to use
 //!
@@ -53,14 +55,19 @@ pub mod feedback;
 pub mod format;
 pub mod params;
 
-use smithay::backend::allocator::dmabuf::Dmabuf;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use smithay::backend::allocator::dmabuf::{Dmabuf, WeakDmabuf};
 use smithay::backend::allocator::{Format, Modifier};
 use smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_feedback_v1::ZwpLinuxDmabufFeedbackV1;
 use smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_v1::ZwpLinuxDmabufV1;
 use smithay::reexports::wayland_server::backend::GlobalId;
+use smithay::reexports::wayland_server::protocol::wl_output::Transform;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{DisplayHandle, GlobalDispatch, Weak};
 use smithay::wayland::buffer::BufferHandler;
+use smithay::wayland::compositor::{with_states, BufferAssignment, SurfaceAttributes};
 
 pub use accept::{plan_and_test_import, wants_test_import};
 pub use dispatch::{FeedbackData, ImportGlobalData, ParamsData};
@@ -128,6 +135,9 @@ pub struct ImportState {
     implicit_modifier: ImplicitModifier,
     default_feedback: Option<Feedback>,
     surface_feedbacks: Vec<(Weak<ZwpLinuxDmabufFeedbackV1>, Weak<WlSurface>, Option<Feedback>)>,
+    /// Live buffers created with `y_invert` (which their `Dmabuf` doesn't carry, see
+    /// [`params::Params::create`]).
+    y_inverted: YInverted,
     /// What was imported or refused.
     pub counters: ImportCounters,
 }
@@ -182,6 +192,7 @@ impl ImportState {
             implicit_modifier: config.implicit_modifier,
             default_feedback,
             surface_feedbacks: Vec::new(),
+            y_inverted: YInverted::default(),
             counters: ImportCounters::default(),
         })
     }
@@ -209,6 +220,36 @@ impl ImportState {
     /// The default feedback (v4 and later), if there is a main device.
     pub fn default_feedback(&self) -> Option<&Feedback> {
         self.default_feedback.as_ref()
+    }
+
+    /// Whether `dmabuf` (a live buffer of this global) was created with `y_invert`.
+    pub fn is_y_inverted(&self, dmabuf: &Dmabuf) -> bool {
+        self.y_inverted.contains(dmabuf)
+    }
+
+    /// The set of y_invert buffers, shared (for a scanout filter: see
+    /// [`crate::path::direct::ScanoutFilter::keeping_off`]).
+    pub fn y_inverted(&self) -> YInverted {
+        self.y_inverted.clone()
+    }
+
+    /// Folds a `y_invert` buffer's vertical flip into the buffer transform of the commit being
+    /// applied to `surface`. Call it in `CompositorHandler::commit` before smithay's
+    /// `on_commit_buffer_handler`, which takes the transform with the buffer. Only the applied
+    /// (current) state changes: the client's own transform stays pending for its next commit.
+    pub fn orient(&self, surface: &WlSurface) {
+        if self.y_inverted.is_empty() {
+            return;
+        }
+        with_states(surface, |states| {
+            let mut guard = states.cached_state.get::<SurfaceAttributes>();
+            let attrs = guard.current();
+            let Some(BufferAssignment::NewBuffer(buffer)) = &attrs.buffer else { return };
+            let Ok(dmabuf) = smithay::wayland::dmabuf::get_dmabuf(buffer) else { return };
+            if self.is_y_inverted(dmabuf) {
+                attrs.buffer_transform = flip_rows(attrs.buffer_transform);
+            }
+        });
     }
 
     /// Whether a client asked for `surface`'s feedback (and the object still lives).
@@ -270,4 +311,84 @@ macro_rules! delegate_import {
             $crate::reexports::smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer: $crate::reexports::smithay::backend::allocator::dmabuf::Dmabuf
         ] => $crate::import::ImportState);
     };
+}
+
+/// The live buffers created with `y_invert`, shared between the linux-dmabuf global (which
+/// adds and removes them) and whoever must treat them apart.
+#[derive(Debug, Clone, Default)]
+pub struct YInverted(Arc<Mutex<HashSet<WeakDmabuf>>>);
+
+impl YInverted {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<WeakDmabuf>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `dmabuf` is one of them.
+    pub fn contains(&self, dmabuf: &Dmabuf) -> bool {
+        let set = self.set();
+        !set.is_empty() && set.contains(&dmabuf.weak())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set().is_empty()
+    }
+
+    pub(crate) fn insert(&self, dmabuf: &Dmabuf) {
+        let mut set = self.set();
+        // A buffer whose client left before its wl_buffer existed never sees `destroyed`.
+        set.retain(|weak| weak.upgrade().is_some());
+        set.insert(dmabuf.weak());
+    }
+
+    pub(crate) fn remove(&self, dmabuf: &Dmabuf) {
+        self.set().remove(&dmabuf.weak());
+    }
+}
+
+/// The transform of a buffer whose rows are stored bottom to top, when the client declared
+/// `transform` for it. smithay maps a surface point to the buffer with the transform
+/// (`transform_point_in`); in the stored buffer that point is on the mirrored row, so the
+/// result is the declared map followed by a row mirror (`Flipped180`). The unit test below
+/// checks every case point by point.
+pub fn flip_rows(transform: Transform) -> Transform {
+    match transform {
+        Transform::Normal => Transform::Flipped180,
+        Transform::_90 => Transform::Flipped270,
+        Transform::_180 => Transform::Flipped,
+        Transform::_270 => Transform::Flipped90,
+        Transform::Flipped => Transform::_180,
+        Transform::Flipped90 => Transform::_270,
+        Transform::Flipped180 => Transform::Normal,
+        Transform::Flipped270 => Transform::_90,
+        // The enum is non-exhaustive; no other transform exists in the protocol.
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smithay::reexports::wayland_server::protocol::wl_output::Transform as Wl;
+    use smithay::utils::{Logical, Point, Size, Transform};
+
+    const ALL: [Wl; 8] = [Wl::Normal, Wl::_90, Wl::_180, Wl::_270, Wl::Flipped, Wl::Flipped90, Wl::Flipped180, Wl::Flipped270];
+
+    /// smithay maps a surface point to the buffer with `transform_point_in`; a buffer stored
+    /// bottom to top puts that point on the mirrored row. So the folded transform must map
+    /// every point where the declared one does, then flip rows.
+    #[test]
+    fn flip_rows_maps_each_point_to_the_mirrored_row() {
+        let area: Size<i32, Logical> = (4, 4).into();
+        for declared in ALL {
+            let folded: Transform = super::flip_rows(declared).into();
+            let declared_t: Transform = declared.into();
+            for x in 0..=4 {
+                for y in 0..=4 {
+                    let p: Point<i32, Logical> = (x, y).into();
+                    let want = Transform::Flipped180.transform_point_in(declared_t.transform_point_in(p, &area), &area);
+                    assert_eq!(folded.transform_point_in(p, &area), want, "{declared:?} at {p:?}");
+                }
+            }
+            assert_eq!(super::flip_rows(super::flip_rows(declared)), declared, "flipping twice");
+        }
+    }
 }

@@ -103,7 +103,15 @@ impl Params {
     /// Handles `create`/`create_immed`: validates everything and builds the smithay `Dmabuf`
     /// with its planes in plane_idx order. `advertised` is the (format, modifier) table; an
     /// advertised implicit modifier is validated and built as LINEAR when `implicit` says so.
-    pub fn create(&mut self, req: CreateRequest, advertised: &[Format], implicit: ImplicitModifier) -> Result<Dmabuf, Rejection> {
+    ///
+    /// The `y_invert` flag is returned beside the `Dmabuf`, not in its flags: it is a vertical
+    /// flip of the buffer, which [`super::ImportState::orient`] folds into the surface's buffer
+    /// transform at commit. smithay 0.7's GLES renderer negates V for a `Y_INVERT` texture
+    /// without the `1 - v` offset, so such a buffer renders as its first row stretched down the
+    /// window (smithay issue #2150), and its DRM compositor puts one on a plane x-mirrored.
+    /// Through the transform every consumer (GLES, Pixman, the CPU copy, a plane) flips it
+    /// the way it flips any transformed buffer.
+    pub fn create(&mut self, req: CreateRequest, advertised: &[Format], implicit: ImplicitModifier) -> Result<Created, Rejection> {
         if self.used {
             return Err(Rejection::protocol(ParamsError::AlreadyUsed, "params already used to create a buffer"));
         }
@@ -161,17 +169,27 @@ impl Params {
             return Err(Rejection::Failed(format!("plane {idx}: the fd is not a dma-buf")));
         }
 
-        let flags = if req.flags & FLAG_Y_INVERT != 0 { DmabufFlags::Y_INVERT } else { DmabufFlags::empty() };
+        let y_inverted = req.flags & FLAG_Y_INVERT != 0;
         let modifier = match (modifier, implicit) {
             (Modifier::Invalid, ImplicitModifier::AsLinear) => Modifier::Linear,
             (m, _) => m,
         };
-        let mut builder = Dmabuf::builder((req.width, req.height), fourcc, modifier, flags);
+        let mut builder = Dmabuf::builder((req.width, req.height), fourcc, modifier, DmabufFlags::empty());
         for (idx, plane) in planes.into_iter().enumerate() {
             builder.add_plane(plane.fd, idx as u32, plane.offset, plane.stride);
         }
-        builder.build().ok_or_else(|| Rejection::Failed("no planes".into()))
+        let dmabuf = builder.build().ok_or_else(|| Rejection::Failed("no planes".into()))?;
+        Ok(Created { dmabuf, y_inverted })
     }
+}
+
+/// A buffer `create`/`create_immed` accepted.
+#[derive(Debug)]
+pub struct Created {
+    /// The buffer, without `Y_INVERT` in its flags (see [`Params::create`]).
+    pub dmabuf: Dmabuf,
+    /// The client set `y_invert`: the buffer's rows are stored bottom to top.
+    pub y_inverted: bool,
 }
 
 /// OUT_OF_BOUNDS checks for one plane against the size of its fd (`lseek(SEEK_END)`).

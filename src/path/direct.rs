@@ -57,13 +57,22 @@ pub struct ScanoutFilter<E> {
     inner: E,
     device: DeviceId,
     verdicts: Verdicts,
+    y_inverted: Option<crate::import::YInverted>,
 }
 
 impl<E> ScanoutFilter<E> {
     /// Wraps `inner`, the exporter of display `device`; `verdicts` are the plans' answers
     /// (`PlanCache::verdicts`).
     pub fn new(inner: E, device: DeviceId, verdicts: Verdicts) -> Self {
-        Self { inner, device, verdicts }
+        Self { inner, device, verdicts, y_inverted: None }
+    }
+
+    /// Keeps y_invert buffers off the planes. cohere draws them through a row-flipping buffer
+    /// transform, which smithay 0.7 turns into DRM's `REFLECT_Y | ROTATE_180`: vkms shows
+    /// that column-mirrored (its `REFLECT_Y` mirrors rows). Composited, they show upright.
+    pub fn keeping_off(mut self, y_inverted: crate::import::YInverted) -> Self {
+        self.y_inverted = Some(y_inverted);
+        self
     }
 
     /// The wrapped exporter.
@@ -73,7 +82,9 @@ impl<E> ScanoutFilter<E> {
 
     /// Whether the plan lets `buffer` (a client's) onto this display's planes.
     fn admits(&self, buffer: &smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer) -> bool {
-        smithay::wayland::dmabuf::get_dmabuf(buffer).is_ok_and(|d| self.verdicts.scanout_allowed(d, self.device))
+        smithay::wayland::dmabuf::get_dmabuf(buffer).is_ok_and(|d| {
+            self.verdicts.scanout_allowed(d, self.device) && !self.y_inverted.as_ref().is_some_and(|inverted| inverted.contains(d))
+        })
     }
 }
 

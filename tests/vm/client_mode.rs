@@ -22,6 +22,7 @@
 //!   different place each frame (a small animation; the benchmarks' "rect" workload);
 //! - `COHERE_CLIENT_REWRITE=1`: in those frames, each buffer is rewritten once the compositor
 //!   released it, frame k with [`frame_image`]`(k)`, as a real client reuses its buffers;
+//! - `COHERE_CLIENT_Y_INVERT=1`: buffers made with y_invert, their rows stored bottom to top.
 //! - `COHERE_CLIENT_CALLBACKS=1`: then commit on every frame callback forever, counting them.
 
 use std::os::fd::AsFd;
@@ -36,6 +37,7 @@ use cohere::testkit::fence::Timeline;
 use cohere::testkit::{udmabuf, vgem_buffer, Card, MappedDmabuf};
 use smithay::reexports::drm::buffer::DrmFourcc;
 use wayland_client::protocol::{wl_buffer::WlBuffer, wl_surface::WlSurface};
+use wayland_protocols::wp::linux_dmabuf::zv1::client::zwp_linux_buffer_params_v1;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::{wp_linux_drm_syncobj_surface_v1, wp_linux_drm_syncobj_timeline_v1};
 
 use crate::client::TestClient;
@@ -200,13 +202,25 @@ impl Client {
         while self.client.state.released.iter().filter(|t| **t == tag).count() < self.commits[index] {
             self.client.queue.blocking_dispatch(&mut self.client.state).check("waiting for a release")?;
         }
-        let bytes: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
-        self.buffers[index].0.write(&bytes).check("rewriting a buffer")
+        self.buffers[index].0.write(&stored(&pixels, self.size.0 as usize)).check("rewriting a buffer")
     }
 
     fn full(&self) -> (i32, i32, i32, i32) {
         (0, 0, self.size.0, self.size.1)
     }
+}
+
+/// `COHERE_CLIENT_Y_INVERT=1`: buffers are created with y_invert and store their rows bottom
+/// to top, so the compositor shows the same image only if it flips them.
+fn y_inverted() -> bool {
+    std::env::var("COHERE_CLIENT_Y_INVERT").as_deref() == Ok("1")
+}
+
+/// The bytes of `pixels` (rows of `width`) as the buffer stores them.
+fn stored(pixels: &[u32], width: usize) -> Vec<u8> {
+    let rows: Vec<&[u32]> = pixels.chunks(width.max(1)).collect();
+    let ordered: Box<dyn Iterator<Item = &&[u32]>> = if y_inverted() { Box::new(rows.iter().rev()) } else { Box::new(rows.iter()) };
+    ordered.flat_map(|row| row.iter().flat_map(|p| p.to_le_bytes())).collect()
 }
 
 fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
@@ -232,14 +246,16 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
         _ => None,
     };
     let mut buffers = Vec::new();
+    let flags = if y_inverted() { zwp_linux_buffer_params_v1::Flags::YInvert } else { zwp_linux_buffer_params_v1::Flags::empty() };
     for (i, pixels) in [test_image(w, h), alt_image(w, h)].into_iter().enumerate() {
-        let bytes: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let bytes = stored(&pixels, w as usize);
         let buffer = match &vgem {
             Some(card) => vgem_buffer(card, w, h).check("vgem buffer")?,
             None => udmabuf(bytes.len()).check("udmabuf")?,
         };
         buffer.write(&bytes).check("fill")?;
-        let wl_buffer = client.dmabuf_buffer(buffer.as_fd(), (size.0, size.1, w * 4), DrmFourcc::Xrgb8888 as u32, 0, i as u32 + 1);
+        let wl_buffer =
+            client.dmabuf_buffer_flags(buffer.as_fd(), (size.0, size.1, w * 4), DrmFourcc::Xrgb8888 as u32, 0, flags, i as u32 + 1);
         buffers.push((buffer, wl_buffer));
     }
     let explicit = match std::env::var("COHERE_CLIENT_SYNCOBJ").as_deref() {
@@ -258,11 +274,13 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
         c.client.blocking_roundtrip().check("surface feedback")?;
     }
     let feedback: Vec<String> = c.client.state.transcript.iter().filter(|l| l.starts_with("feedback: ")).cloned().collect();
+    // Presentations, flags and batches first, then the count a test waits on: a report that
+    // says `presented = N` then already holds what came with those N presentations.
+    reporter.observe(&c.client)?;
     reporter.update(|r| {
         r.presented = 1;
         r.feedback = feedback;
     })?;
-    reporter.observe(&c.client)?;
 
     let damage: Option<Vec<i32>> =
         std::env::var("COHERE_CLIENT_DAMAGE").ok().map(|d| d.split(',').filter_map(|n| n.parse().ok()).collect());
@@ -290,8 +308,8 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
             }
             c.commit(index, frame_damage(i), presented as u32 + 1, true)?;
             c.wait_presented(presented + 1, "waiting for a frame's presentation")?;
-            reporter.update(|r| r.presented += 1)?;
             reporter.observe(&c.client)?;
+            reporter.update(|r| r.presented += 1)?;
         }
     }
     if std::env::var("COHERE_CLIENT_CALLBACKS").as_deref() == Ok("1") {
@@ -368,6 +386,7 @@ fn second_buffer(c: &mut Client, reporter: &mut Reporter, damage: (i32, i32, i32
         }
     }
     c.wait_presented(2, "waiting for the damage's presentation")?;
+    reporter.observe(&c.client)?;
     reporter.update(|r| r.presented = 2)?;
     // The first buffer was replaced: its release point must signal now (explicit sync).
     if let Some(point) = c.release_points[0].clone() {

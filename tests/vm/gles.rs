@@ -19,6 +19,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         ("gles_headless_reads_udmabuf_and_vgem_buffers_directly", gles_headless_reads_udmabuf_and_vgem_buffers_directly),
         ("renderer_auto_picks_pixman_with_software_gl_and_says_why", renderer_auto_picks_pixman_with_software_gl_and_says_why),
         ("gles_rewritten_buffers_show_their_new_content", gles_rewritten_buffers_show_their_new_content),
+        ("gles_y_inverted_buffers_show_upright", gles_y_inverted_buffers_show_upright),
     ]
 }
 
@@ -85,6 +86,12 @@ fn gles_headless_reads_udmabuf_and_vgem_buffers_directly() -> Result<(), String>
 fn gles_rewritten_buffers_show_their_new_content() -> Result<(), String> {
     let mesa = mesa25()?;
     crate::headless::rewritten_buffers_show_their_new_content(&["--renderer", "gles"], &env_refs(&mesa))
+}
+
+/// y_invert buffers composited by GLES show upright, every frame (smithay issue #2150).
+fn gles_y_inverted_buffers_show_upright() -> Result<(), String> {
+    let mesa = mesa25()?;
+    crate::headless::y_inverted_buffers_show_upright(&["--renderer", "gles"], &env_refs(&mesa))
 }
 
 /// In the VM the only GL is software (llvmpipe behind virtio-gpu's render node): `auto` picks
@@ -186,13 +193,18 @@ fn gles_on_vkms_composites_every_new_frame() -> Result<(), String> {
 }
 
 /// weston-simple-dmabuf-egl built against Mesa 25 (GBM on vkms, with modifiers) runs on cohere
-/// composited with GLES: its square shows on vkms. That its frames keep changing isn't asked
-/// here: how often its llvmpipe-rendered content changes depends on the machine's speed, and
+/// composited with GLES: its square shows on vkms, upright. The client draws with GL into
+/// buffers it creates with y_invert (GL's rows go bottom to top); its square moves, but is
+/// always a 128x128 square with green, yellow, red and blue corners (top left, top right,
+/// bottom left, bottom right on screen). That its frames keep changing isn't asked here: how
+/// often its llvmpipe-rendered content changes depends on the machine's speed, and
 /// `gles_on_vkms_composites_every_new_frame` shows every new frame of a client exactly.
 fn gles_shows_weston_simple_dmabuf_egl_on_vkms() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
     let mesa = mesa25()?;
     let node = vkms_node()?;
+    // Its buffers are y_invert ones, which cohere composites (never on a plane): the window is
+    // in the frame cohere draws, where the test looks at it.
     let mut cohere = Cohere::start(
         &["--kiosk", "--renderer", "gles", "--drm-device", &node],
         &["weston-simple-dmabuf-egl", "-d", &node],
@@ -200,20 +212,22 @@ fn gles_shows_weston_simple_dmabuf_egl_on_vkms() -> Result<(), String> {
     )?;
     let title = "simple-dmabuf-egl";
     cohere.wait("weston-simple-dmabuf-egl's window shown", |s| s.window(title).is_some_and(|w| w.surface.frames_shown >= 1))?;
-    // The kiosk is black around and under the client's 256x256 window; its square (red, green,
-    // blue and yellow corners) makes the screen's CRC differ from an all-black screen's.
+    // The kiosk is black around and under the client's 256x256 window: the square makes the
+    // screen's CRC differ from an all-black screen's, and is the only thing lit in the frame
+    // cohere composited (its primary plane's buffer).
     let black = cohere::testkit::vkms::vkms_crc_xrgb8888(&vec![0u32; 1024 * 768]);
-    crate::cohere::wait_for("vkms to show the client's square", || {
-        let crcs = cohere.readback(VKMS_OUTPUT, || {
+    crate::cohere::wait_for("vkms to show the client's square, upright", || {
+        let (crcs, frame) = cohere.readback(VKMS_OUTPUT, || {
             let card = Card::open_driver("vkms").check("vkms")?;
-            cohere::testkit::vkms::Vkms::new(&card).check("vkms")?.crcs(3).check("crc")
+            let crcs = cohere::testkit::vkms::Vkms::new(&card).check("vkms")?.crcs(3).check("crc")?;
+            Ok((crcs, card.read_primary_plane().check("the primary plane")?))
         })?;
-        if crcs.iter().any(|c| *c != black) {
-            Ok(())
-        } else {
+        if crcs.iter().all(|c| *c == black) {
             let now = cohere.stats().map(|s| summary(&s)).unwrap_or_default();
-            Err(format!("only black screens; {now}"))
+            let client = client_dmabufs(cohere.pid()).unwrap_or_else(|e| e);
+            return Err(format!("only black screens; {now}; the client's dma-bufs: {client}"));
         }
+        upright_square(&frame)
     })?;
     let later = cohere.wait("statistics", |_| true)?;
     let stopped = cohere.stop()?;
@@ -224,4 +238,71 @@ fn gles_shows_weston_simple_dmabuf_egl_on_vkms() -> Result<(), String> {
     ensure_eq!(plan.path(Access::Sample), Some(PlanPath::Direct), "the GLES renderer reads its buffers itself: {plan:?}");
     ensure_eq!(stopped.stats.bytes_copied, 0, "bytes copied");
     Ok(())
+}
+
+/// Whether the lit pixels of `frame` are weston-simple-dmabuf-egl's square: 128x128 (give or
+/// take the edge pixels of a square at a fractional position), green at its top left, yellow
+/// at its top right, red at its bottom left and blue at its bottom right.
+pub(crate) fn upright_square((w, _h, pixels): &(u32, u32, Vec<u32>)) -> Result<(), String> {
+    let w = *w as usize;
+    let lit: Vec<(usize, usize)> = pixels.iter().enumerate().filter(|(_, p)| **p != 0).map(|(i, _)| (i % w, i / w)).collect();
+    let (Some(x0), Some(x1)) = (lit.iter().map(|p| p.0).min(), lit.iter().map(|p| p.0).max()) else {
+        return Err("nothing lit in cohere's frame".into());
+    };
+    let (y0, y1) = (lit.iter().map(|p| p.1).min().unwrap_or(0), lit.iter().map(|p| p.1).max().unwrap_or(0));
+    let (sw, sh) = (x1 - x0 + 1, y1 - y0 + 1);
+    if !(126..=130).contains(&sw) || !(126..=130).contains(&sh) || lit.len() < 126 * 126 {
+        return Err(format!("the lit pixels aren't a 128x128 square: {} lit in {sw}x{sh} at ({x0}, {y0})", lit.len()));
+    }
+    let rgb = |x: usize, y: usize| {
+        let p = pixels[y * w + x];
+        ((p >> 16) & 0xff, (p >> 8) & 0xff, p & 0xff)
+    };
+    let corners = [
+        ("top left", rgb(x0 + 3, y0 + 3), "green", (|(r, g, b): (u32, u32, u32)| g > 0xc0 && r < 0x40 && b < 0x40) as fn(_) -> bool),
+        ("top right", rgb(x1 - 3, y0 + 3), "yellow", |(r, g, b)| r > 0xc0 && g > 0xc0 && b < 0x40),
+        ("bottom left", rgb(x0 + 3, y1 - 3), "red", |(r, g, b)| r > 0xc0 && g < 0x40 && b < 0x40),
+        ("bottom right", rgb(x1 - 3, y1 - 3), "blue", |(r, g, b)| b > 0xc0 && r < 0x40 && g < 0x40),
+    ];
+    for (corner, seen, want, is) in corners {
+        if !is(seen) {
+            return Err(format!("the square's {corner} is {seen:02x?}, not {want} (square {sw}x{sh} at ({x0}, {y0}))"));
+        }
+    }
+    Ok(())
+}
+
+/// For a failure message: the non-black pixels in each dma-buf that cohere's app (found as
+/// cohere's child) holds, read through a copy of its descriptor (pidfd_getfd).
+fn client_dmabufs(cohere: u32) -> Result<String, String> {
+    use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
+    let children = std::fs::read_to_string(format!("/proc/{cohere}/task/{cohere}/children")).check("children")?;
+    let mut out = Vec::new();
+    for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        let pidfd = pidfd_open(Pid::from_raw(pid).ok_or("pid")?, PidfdFlags::empty()).check("pidfd_open")?;
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).check("fds")?.flatten() {
+            let link = std::fs::read_link(entry.path()).map(|l| l.display().to_string()).unwrap_or_default();
+            if !link.contains("dmabuf") {
+                continue;
+            }
+            let Some(n) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let fd = pidfd_getfd(&pidfd, n, PidfdGetfdFlags::empty()).check("pidfd_getfd")?;
+            let Ok(len) = rustix::fs::seek(&fd, rustix::fs::SeekFrom::End(0)) else {
+                out.push(format!("pid {pid} fd {n} ({link}): no size"));
+                continue;
+            };
+            let len = len as usize;
+            // SAFETY: a fresh read-only shared mapping of the whole dma-buf, unmapped below.
+            let ptr =
+                unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, &fd, 0) }
+                    .check("mmap")?;
+            // SAFETY: ptr is valid for len bytes until munmap.
+            let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+            let lit = bytes.chunks_exact(4).filter(|p| p[0] | p[1] | p[2] != 0).count();
+            // SAFETY: unmapping what we mapped.
+            unsafe { rustix::mm::munmap(ptr, len) }.check("munmap")?;
+            out.push(format!("pid {pid} fd {n} ({link}): {lit} of {} non-black", len / 4));
+        }
+    }
+    Ok(out.join(", "))
 }

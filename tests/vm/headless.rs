@@ -18,6 +18,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
         ),
         ("cpu_copy_copies_only_the_damage_of_a_vgem_buffer", cpu_copy_copies_only_the_damage_of_a_vgem_buffer),
         ("rewritten_buffers_show_their_new_content", || rewritten_buffers_show_their_new_content(&[], &[])),
+        ("y_inverted_buffers_show_upright", || y_inverted_buffers_show_upright(&[], &[])),
         ("acquire_fence_holds_the_commit_until_it_signals", acquire_fence_holds_the_commit_until_it_signals),
         ("a_disconnect_frees_a_pending_fence_wait", a_disconnect_frees_a_pending_fence_wait),
     ]
@@ -164,6 +165,26 @@ pub(crate) fn rewritten_buffers_show_their_new_content(extra: &[&str], env: &[(&
     let (cw, ch) = (CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
     for source in ["udmabuf", "vgem"] {
         let mut all = vec![("COHERE_CLIENT_SOURCE", source), ("COHERE_CLIENT_FRAMES", "4"), ("COHERE_CLIENT_REWRITE", "1")];
+        all.extend_from_slice(env);
+        let run = ClientRun { extra, env: &all, presented: 5 };
+        run_with_client(run, &frame_image(cw, ch, 4)).map_err(|e| format!("{source}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Buffers created with y_invert store their rows bottom to top; the client rewrites them
+/// frame after frame (every commit attaches one). The screen must show each frame upright,
+/// exactly: read directly (udmabuf) and through the CPU copy (vgem with Pixman). smithay's
+/// GLES renderer, handed the flag, drew the first row stretched down the window.
+pub(crate) fn y_inverted_buffers_show_upright(extra: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let (cw, ch) = (CLIENT_SIZE.0 as u32, CLIENT_SIZE.1 as u32);
+    for source in ["udmabuf", "vgem"] {
+        let mut all = vec![
+            ("COHERE_CLIENT_SOURCE", source),
+            ("COHERE_CLIENT_Y_INVERT", "1"),
+            ("COHERE_CLIENT_FRAMES", "4"),
+            ("COHERE_CLIENT_REWRITE", "1"),
+        ];
         all.extend_from_slice(env);
         let run = ClientRun { extra, env: &all, presented: 5 };
         run_with_client(run, &frame_image(cw, ch, 4)).map_err(|e| format!("{source}: {e}"))?;

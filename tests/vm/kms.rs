@@ -20,6 +20,7 @@ use crate::tests::{ensure_eq, test_image, Check, TestFn};
 pub fn all() -> Vec<(usize, &'static str, TestFn)> {
     vec![
         (1, "kms_vkms_udmabuf_goes_direct_to_a_plane", kms_vkms_udmabuf_goes_direct_to_a_plane),
+        (1, "kms_y_inverted_udmabuf_shows_upright_on_vkms", kms_y_inverted_udmabuf_shows_upright_on_vkms),
         (1, "kms_desktop_window_goes_on_an_overlay_plane", kms_desktop_window_goes_on_an_overlay_plane),
         (1, "kms_virtio_gpu_composites_the_foreign_buffer", kms_virtio_gpu_composites_the_foreign_buffer),
         (1, "kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy", kms_virtio_gpu_shows_a_vgem_buffer_through_the_cpu_copy),
@@ -139,6 +140,32 @@ fn kms_vkms_udmabuf_goes_direct_to_a_plane() -> Result<(), String> {
     // The surface's dma-buf feedback offers a scanout tranche for vkms, then the render one.
     if !report.feedback.iter().any(|l| l == "feedback: tranche_flags(Value(TrancheFlags(Scanout)))") {
         return Err(format!("no scanout tranche in the surface feedback: {:?}", report.feedback));
+    }
+    Ok(())
+}
+
+/// A udmabuf made with y_invert (rows stored bottom to top) on vkms: vkms's CRC is the
+/// client's image upright. It is composited: on a plane, smithay's reflection for the flip
+/// makes vkms mirror columns (the CRC of that is the image turned half round).
+fn kms_y_inverted_udmabuf_shows_upright_on_vkms() -> Result<(), String> {
+    let _display = crate::tests::vkms_display();
+    let node = vkms_node()?;
+    let env = [("COHERE_CLIENT_Y_INVERT", "1")];
+    let (mut cohere, _, report) = start_with_client_report(&["--kiosk", "--drm-device", &node], &["1024", "768"], &env)?;
+    cohere.wait_client(&report, "the buffer presented", |r| r.presented >= 1)?;
+    let upright = check_vkms_crc(&mut cohere, &test_image(1024, 768), "the client's image, upright");
+    let stopped = cohere.stop()?;
+    if let Err(e) = upright {
+        let img = test_image(1024, 768);
+        let rows: Vec<u32> = img.chunks(1024).rev().flatten().copied().collect();
+        let cols: Vec<u32> = img.chunks(1024).flat_map(|r| r.iter().rev()).copied().collect();
+        let both: Vec<u32> = img.iter().rev().copied().collect();
+        let [r, c, b] = [&rows, &cols, &both].map(|i| vkms_crc_xrgb8888(i));
+        return Err(format!("{e}; rows flipped {r:#x}, columns flipped {c:#x}, both {b:#x}; {:?}", output_counters(&stopped, VKMS_OUTPUT)));
+    }
+    let c = output_counters(&stopped, VKMS_OUTPUT)?;
+    if c.zero_copy_elements != 0 || c.composited_elements == 0 || c.bytes_copied != 0 {
+        return Err(format!("expected the buffer composited without copies: {c:?}"));
     }
     Ok(())
 }
@@ -326,10 +353,13 @@ fn kms_kiosk_weston_simple_shm_and_exit_status() -> Result<(), String> {
 /// weston-simple-dmabuf-egl on vkms: Mesa 22.3's kms_swrast allocates dumb buffers with the
 /// implicit modifier, which cohere accepts as linear because every device in the VM lays them
 /// out linearly. They are "drm" dma-bufs, so pixman gets them through the CpuCopy executor.
-/// The 256x256 window is centred on black (kiosk) and its frames keep changing on screen.
+/// The 256x256 window is centred on black (kiosk) and its frames keep changing on screen, with
+/// the square upright.
 fn kms_weston_simple_dmabuf_egl_on_vkms_is_copied_and_shown() -> Result<(), String> {
     let _display = crate::tests::vkms_display();
     let node = vkms_node()?;
+    // Its buffers are y_invert ones, which cohere composites (never on a plane): the window is
+    // in the frame cohere draws, where the test looks at it.
     let mut cohere = Cohere::start(&["--kiosk", "--drm-device", &node], &["weston-simple-dmabuf-egl", "-d", &node], &[])?;
     let title = "simple-dmabuf-egl";
     cohere.wait("weston-simple-dmabuf-egl's window shown", |s| s.window(title).is_some_and(|w| w.surface.frames_shown >= 1))?;
@@ -349,14 +379,16 @@ fn kms_weston_simple_dmabuf_egl_on_vkms_is_copied_and_shown() -> Result<(), Stri
             }
             lit += usize::from(inside(x, y) && *p != 0);
         }
-        // The client draws a 128x128 gradient square that moves inside its black window.
-        if lit >= 128 * 128 / 2 {
+        // The client draws a 128x128 gradient square that moves inside its black window, into
+        // buffers it creates with y_invert: the copy must show it upright.
+        let upright = if lit >= 128 * 128 / 2 { crate::gles::upright_square(&(w, h, pixels.clone())) } else { Err("no square".into()) };
+        if upright.is_ok() {
             frames.insert(pixels);
         }
         if frames.len() >= 3 {
             Ok(Ok(()))
         } else {
-            Err(format!("{} distinct frames in {readbacks} readbacks", frames.len()))
+            Err(format!("{} distinct upright frames in {readbacks} readbacks; last: {upright:?}", frames.len()))
         }
     })??;
     let stopped = cohere.stop()?;

@@ -125,6 +125,7 @@ pub(crate) enum Rendered {
 pub(crate) struct Setup<'a> {
     pub renderer_formats: &'a [Format],
     pub verdicts: &'a crate::coherency::Verdicts,
+    pub y_inverted: crate::import::YInverted,
 }
 
 /// A DRM device cohere drives.
@@ -343,7 +344,8 @@ fn add_outputs(
         // them (GBM on kms_swrast reports an implicit modifier Pixman won't bind). Client
         // buffers reach a plane only if the plan marked them for this node (path::direct).
         let allocator = DumbAllocator::new(drm.device_fd().clone());
-        let exporter = ScanoutFilter::new(SwapchainExporter::new(gbm.clone()), DeviceId::from(node), setup.verdicts.clone());
+        let exporter = ScanoutFilter::new(SwapchainExporter::new(gbm.clone()), DeviceId::from(node), setup.verdicts.clone())
+            .keeping_off(setup.y_inverted.clone());
         let cursor = drm.cursor_size();
         let compositor = DrmCompositor::new(
             smithay::output::OutputModeSource::Auto(output.clone()),

@@ -178,6 +178,10 @@ impl Drm {
 }
 
 impl Backend for Drm {
+    fn import(&self) -> &ImportState {
+        self.import_state()
+    }
+
     fn coherency(&self) -> &CoherencyState {
         &self.coherency
     }

@@ -117,7 +117,8 @@ fn add_device(state: &mut State<Drm>, path: &std::path::Path) {
     let handle = state.backend.handle.clone();
     let formats = state.backend.renderer.dmabuf_formats();
     let verdicts = state.backend.coherency.plans.verdicts();
-    let setup = super::device::Setup { renderer_formats: &formats, verdicts: &verdicts };
+    let setup =
+        super::device::Setup { renderer_formats: &formats, verdicts: &verdicts, y_inverted: state.backend.import_state().y_inverted() };
     match Device::open(&mut state.backend.session, &setup, &handle, &mut state.core, path) {
         Ok(device) => {
             tracing::info!(card = device.card, driver = device.driver, outputs = device.outputs().count(), "DRM device added");

@@ -269,8 +269,6 @@ impl ImportHandler for State<Headless> {
 crate::delegate_import!(State<Headless>);
 
 impl Backend for Headless {
-    /// Headless outputs render on every refresh tick anyway; damage tracking makes a frame
-    /// with nothing new cost nothing, so there is nothing to schedule.
     fn import(&self) -> &ImportState {
         self.import_state()
     }
@@ -283,5 +281,7 @@ impl Backend for Headless {
         &mut self.coherency
     }
 
+    /// Headless outputs render on every refresh tick anyway; damage tracking makes a frame
+    /// with nothing new cost nothing, so there is nothing to schedule.
     fn schedule_redraw(&mut self) {}
 }

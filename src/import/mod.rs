@@ -325,8 +325,7 @@ impl YInverted {
 
     /// Whether `dmabuf` is one of them.
     pub fn contains(&self, dmabuf: &Dmabuf) -> bool {
-        let set = self.set();
-        !set.is_empty() && set.contains(&dmabuf.weak())
+        self.set().contains(&dmabuf.weak())
     }
 
     fn is_empty(&self) -> bool {

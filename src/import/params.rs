@@ -108,9 +108,9 @@ impl Params {
     /// flip of the buffer, which [`super::ImportState::orient`] folds into the surface's buffer
     /// transform at commit. smithay 0.7's GLES renderer negates V for a `Y_INVERT` texture
     /// without the `1 - v` offset, so such a buffer renders as its first row stretched down the
-    /// window (smithay issue #2150), and its DRM compositor puts one on a plane x-mirrored.
-    /// Through the transform every consumer (GLES, Pixman, the CPU copy, a plane) flips it
-    /// the way it flips any transformed buffer.
+    /// window (smithay issue #2150). Through the transform, GLES, Pixman and the CPU copy flip
+    /// it the way they flip any transformed buffer (planes don't get it: see
+    /// `ScanoutFilter::keeping_off`).
     pub fn create(&mut self, req: CreateRequest, advertised: &[Format], implicit: ImplicitModifier) -> Result<Created, Rejection> {
         if self.used {
             return Err(Rejection::protocol(ParamsError::AlreadyUsed, "params already used to create a buffer"));

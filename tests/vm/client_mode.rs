@@ -218,9 +218,11 @@ fn y_inverted() -> bool {
 
 /// The bytes of `pixels` (rows of `width`) as the buffer stores them.
 fn stored(pixels: &[u32], width: usize) -> Vec<u8> {
-    let rows: Vec<&[u32]> = pixels.chunks(width.max(1)).collect();
-    let ordered: Box<dyn Iterator<Item = &&[u32]>> = if y_inverted() { Box::new(rows.iter().rev()) } else { Box::new(rows.iter()) };
-    ordered.flat_map(|row| row.iter().flat_map(|p| p.to_le_bytes())).collect()
+    let mut rows: Vec<&[u32]> = pixels.chunks(width.max(1)).collect();
+    if y_inverted() {
+        rows.reverse();
+    }
+    rows.concat().iter().flat_map(|p| p.to_le_bytes()).collect()
 }
 
 fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {

@@ -244,7 +244,7 @@ fn main() -> anyhow::Result<()> {
     let config = ImportConfig {
         formats: renderer.dmabuf_formats().into_iter().collect(),
         main_device: None,
-        implicit_modifier: ImplicitModifier::from_facts(&coherency.machine),
+        implicit_modifier: ImplicitModifier::from_facts(coherency.machine()),
     };
     let output = Output::new(
         "embed".into(),

@@ -93,12 +93,12 @@ fn fourcc_on_planes(states: &SurfaceData, display: Option<&OutputDisplay>) -> bo
 /// The report for `surface` now.
 pub(crate) fn surface_report<B: Backend>(backend: &B, surface: &WlSurface) -> PathReport {
     let coherency = backend.coherency();
-    let renderer = if coherency.machine.render_consumer().through_cpu { RendererAccess::ThroughCpu } else { RendererAccess::Gpu };
+    let renderer = if coherency.machine().render_consumer().through_cpu { RendererAccess::ThroughCpu } else { RendererAccess::Gpu };
     let attached = smithay::backend::renderer::utils::with_renderer_surface_state(surface, |s| s.buffer().is_some()).unwrap_or(false);
     let dmabuf = crate::import::surface_dmabuf(surface);
     // Only the displays this compositor drives: headless, none.
     let displays = backend.scanout_devices();
-    let planned = dmabuf.as_ref().and_then(|d| coherency.plans.plan_for_displays(d, &coherency.machine, &displays));
+    let planned = dmabuf.as_ref().and_then(|d| coherency.plans.plan_for_displays(d, coherency.machine(), &displays));
     let buffer = match (attached, &dmabuf, &planned) {
         (false, _, _) => CurrentBuffer::None,
         (true, None, _) => CurrentBuffer::Shm,

@@ -70,7 +70,7 @@ impl<B: Backend> CompositorHandler for State<B> {
 impl<B: Backend> State<B> {
     /// Offers the globals `options` ask for that need the backend's facts.
     pub(crate) fn offer_globals(&mut self, options: &crate::Options) {
-        self.core.offer_explicit_sync(&self.backend.coherency().machine);
+        self.core.offer_explicit_sync(self.backend.coherency().machine());
         if options.buffer_path == crate::compositor::Offer::Offered {
             self.core.offer_buffer_path();
         }

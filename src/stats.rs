@@ -282,18 +282,18 @@ impl Stats {
             commits_waiting: core.commits.waiting() as u64,
             screenshots: core.control.screenshots_written,
             coherency_devices: coherency
-                .machine
+                .machine()
                 .devices
                 .iter()
                 .map(|d| KnownDevice { card: d.name.clone(), driver: d.driver.value.clone(), kms: d.kms })
                 .collect(),
             plans_recomputed: coherency.reprobes,
             maintenances: core.commits.counters.maintenances,
-            renderer: coherency.machine.render_consumer().name,
-            renderer_reason: coherency.machine.renderer_reason.clone().unwrap_or_default(),
+            renderer: coherency.machine().render_consumer().name,
+            renderer_reason: coherency.machine().renderer_reason.clone().unwrap_or_default(),
             explicit_sync: match &core.syncobj {
-                Some(_) => coherency.machine.explicit_sync_verdict(),
-                None => format!("not offered ({})", coherency.machine.explicit_sync_verdict()),
+                Some(_) => coherency.machine().explicit_sync_verdict(),
+                None => format!("not offered ({})", coherency.machine().explicit_sync_verdict()),
             },
             timelines_imported: core.syncobj.as_ref().map_or(0, |s| s.timelines_imported),
             timelines_alive: core.syncobj.as_ref().map_or(0, |s| s.device().timelines_alive()),

@@ -204,7 +204,7 @@ impl Headless {
             }
         };
         let formats: Vec<_> = with_renderer!(&renderer, r => r.renderer.dmabuf_formats().into_iter().collect());
-        let implicit_modifier = crate::import::ImplicitModifier::from_facts(&coherency.machine);
+        let implicit_modifier = crate::import::ImplicitModifier::from_facts(coherency.machine());
         let import = ImportState::new::<State<Headless>>(display, ImportConfig { formats, main_device, implicit_modifier })?;
         tracing::info!(renderer = ?decision.kind, reason = %decision.reason, "headless backend ready");
         Ok(Self { renderer, import, coherency })

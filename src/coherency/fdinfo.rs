@@ -57,15 +57,17 @@ impl DmabufFdInfo {
         let file = fdinfo_dir()
             .and_then(|dir| rustix::fs::openat(&dir, raw.to_string(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()))
             .map_err(read_error)?;
-        // A dma-buf's fdinfo is a few hundred bytes; read until EOF in any case.
-        let mut bytes = Vec::with_capacity(512);
-        let mut chunk = [0u8; 512];
+        // A dma-buf's fdinfo is a few hundred bytes, made by one seq_file show: a read that
+        // doesn't fill the buffer returned all of it, and the read that would see EOF is saved
+        // (a syscall at every import). A longer text is read on until EOF.
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 2048];
         loop {
             let n = rustix::io::read(&file, &mut chunk).map_err(read_error)?;
-            if n == 0 {
+            bytes.extend_from_slice(&chunk[..n]);
+            if n < chunk.len() {
                 break;
             }
-            bytes.extend_from_slice(&chunk[..n]);
         }
         Self::parse(raw, &String::from_utf8_lossy(&bytes))
     }

@@ -122,25 +122,43 @@ impl Verdicts {
     }
 }
 
+/// One exporter's plan on one machine, shared by every buffer from that exporter: the plan
+/// is a pure function of the exporter's facts and the machine's, so buffers from the same
+/// exporter share it instead of formatting the same reasons again at every import.
 #[derive(Debug)]
-struct Entry {
-    buffer: smithay::backend::allocator::dmabuf::WeakDmabuf,
+struct Planned {
     exporter: ExporterFacts,
-    /// The renderer couldn't import this buffer (why): it is planned without the renderer.
-    render_import_failed: Option<String>,
     plan: BufferPlan,
 }
 
-impl Entry {
-    fn new(dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf, exporter: ExporterFacts, machine: &MachineFacts) -> Self {
+impl Planned {
+    fn compute(exporter: ExporterFacts, machine: &MachineFacts) -> std::sync::Arc<Self> {
         let plan = BufferPlan::compute(&exporter, machine);
-        Self { buffer: dmabuf.weak(), exporter, render_import_failed: None, plan }
+        std::sync::Arc::new(Self { exporter, plan })
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    buffer: smithay::backend::allocator::dmabuf::WeakDmabuf,
+    planned: std::sync::Arc<Planned>,
+    /// The renderer couldn't import this buffer (why): it is planned without the renderer.
+    render_import_failed: Option<String>,
+}
+
+impl Entry {
+    fn new(dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf, planned: std::sync::Arc<Planned>) -> Self {
+        Self { buffer: dmabuf.weak(), planned, render_import_failed: None }
+    }
+
+    fn plan(&self) -> &BufferPlan {
+        &self.planned.plan
     }
 
     /// Plans the buffer again against `machine` (with the renderer left out when it couldn't
-    /// import the buffer).
-    fn replan(&mut self, machine: &MachineFacts) {
-        self.plan = BufferPlan::compute(&self.exporter, &self.machine(machine));
+    /// import the buffer), from `exporter`.
+    fn replan(&mut self, exporter: ExporterFacts, machine: &MachineFacts) {
+        self.planned = Planned::compute(exporter, &self.machine(machine));
     }
 
     fn machine<'a>(&self, machine: &'a MachineFacts) -> std::borrow::Cow<'a, MachineFacts> {
@@ -154,12 +172,12 @@ impl Entry {
 impl PlanCache {
     /// Plans `dmabuf`, a buffer from `exporter`, on `machine` and keeps the plan.
     pub fn insert(&mut self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf, exporter: ExporterFacts, machine: &MachineFacts) {
-        self.push(Entry::new(dmabuf, exporter, machine));
+        self.push(Entry::new(dmabuf, Planned::compute(exporter, machine)));
     }
 
     fn push(&mut self, entry: Entry) {
         self.prune();
-        self.verdicts.set(&entry.buffer, &entry.plan);
+        self.verdicts.set(&entry.buffer, entry.plan());
         self.entries.push(entry);
     }
 
@@ -176,7 +194,7 @@ impl PlanCache {
     /// `dmabuf`'s plan, if it has one.
     pub fn get(&self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Option<&BufferPlan> {
         let weak = dmabuf.weak();
-        self.entries.iter().find(|e| e.buffer == weak).map(|e| &e.plan)
+        self.entries.iter().find(|e| e.buffer == weak).map(Entry::plan)
     }
 
     /// `dmabuf`'s plan for the displays among `displays` only (those a compositor drives),
@@ -189,8 +207,8 @@ impl PlanCache {
     ) -> Option<(BufferPlan, Vec<Advice>)> {
         let weak = dmabuf.weak();
         let entry = self.entries.iter().find(|e| e.buffer == weak)?;
-        let plan = entry.plan.for_displays(displays);
-        let hints = plan_hints(&entry.exporter, &entry.machine(machine), &plan);
+        let plan = entry.plan().for_displays(displays);
+        let hints = plan_hints(&entry.planned.exporter, &entry.machine(machine), &plan);
         Some((plan, hints))
     }
 
@@ -212,12 +230,12 @@ impl PlanCache {
 
     /// The buffers alive now, with their plans.
     pub fn live(&self) -> impl Iterator<Item = (smithay::backend::allocator::dmabuf::Dmabuf, &BufferPlan)> {
-        self.entries.iter().filter_map(|e| Some((e.buffer.upgrade()?, &e.plan)))
+        self.entries.iter().filter_map(|e| Some((e.buffer.upgrade()?, e.plan())))
     }
 
     /// The plans of the buffers alive now.
     pub fn live_plans(&self) -> impl Iterator<Item = &BufferPlan> {
-        self.entries.iter().filter(|e| e.buffer.upgrade().is_some()).map(|e| &e.plan)
+        self.entries.iter().filter(|e| e.buffer.upgrade().is_some()).map(Entry::plan)
     }
 
     /// Whether there are no entries.
@@ -229,8 +247,8 @@ impl PlanCache {
     pub fn recompute(&mut self, machine: &MachineFacts) {
         self.prune();
         for entry in &mut self.entries {
-            entry.replan(machine);
-            self.verdicts.set(&entry.buffer, &entry.plan);
+            entry.replan(entry.planned.exporter.clone(), machine);
+            self.verdicts.set(&entry.buffer, entry.plan());
         }
     }
 
@@ -239,9 +257,8 @@ impl PlanCache {
     pub fn reload(&mut self, machine: &MachineFacts, quirks: &Quirks) {
         self.prune();
         for entry in &mut self.entries {
-            entry.exporter = ExporterFacts::lookup(entry.exporter.name.clone(), quirks);
-            entry.replan(machine);
-            self.verdicts.set(&entry.buffer, &entry.plan);
+            entry.replan(ExporterFacts::lookup(entry.planned.exporter.name.clone(), quirks), machine);
+            self.verdicts.set(&entry.buffer, entry.plan());
         }
     }
 }
@@ -286,10 +303,11 @@ impl CoherencyOptions {
 /// The model as a running compositor holds it: facts, overrides, cached plans and counters.
 #[derive(Debug)]
 pub struct CoherencyState {
-    /// The quirk database with the user's overrides.
-    pub quirks: Quirks,
-    /// The machine's facts.
-    pub machine: MachineFacts,
+    /// The quirk database with the user's overrides (replaced only by [`CoherencyState::reload`]).
+    quirks: Quirks,
+    /// The machine's facts (probed again only by [`CoherencyState::devices_changed`] and
+    /// [`CoherencyState::reload`], which is what keeps `by_exporter` true).
+    machine: MachineFacts,
     /// The plans of live buffers.
     pub plans: PlanCache,
     /// Decisions made at import.
@@ -299,6 +317,8 @@ pub struct CoherencyState {
     /// Times [`CoherencyState::reload`] took a new configuration.
     pub reloads: u64,
     probe_options: ProbeOptions,
+    /// Each exporter's plan on this machine with these quirks, made at its first import.
+    by_exporter: std::collections::HashMap<String, std::sync::Arc<Planned>>,
 }
 
 impl CoherencyState {
@@ -314,13 +334,25 @@ impl CoherencyState {
             reprobes: 0,
             reloads: 0,
             probe_options: probe_options.clone(),
+            by_exporter: Default::default(),
         }
+    }
+
+    /// The machine's facts.
+    pub fn machine(&self) -> &MachineFacts {
+        &self.machine
+    }
+
+    /// The quirk database with the user's overrides.
+    pub fn quirks(&self) -> &Quirks {
+        &self.quirks
     }
 
     /// The devices changed (hotplug): probe the machine again and recompute the plan of every
     /// live buffer against the new facts.
     pub fn devices_changed(&mut self) {
         self.machine = probe(&self.probe_options, &self.quirks);
+        self.by_exporter.clear();
         Self::log_facts(&self.machine);
         self.plans.recompute(&self.machine);
         self.reprobes += 1;
@@ -332,6 +364,7 @@ impl CoherencyState {
     pub fn reload(&mut self, quirks: Quirks) {
         self.quirks = quirks;
         self.machine = probe(&self.probe_options, &self.quirks);
+        self.by_exporter.clear();
         Self::log_facts(&self.machine);
         self.plans.reload(&self.machine, &self.quirks);
         self.reloads += 1;
@@ -352,9 +385,8 @@ impl CoherencyState {
     pub fn plan_import(&mut self, dmabuf: &smithay::backend::allocator::dmabuf::Dmabuf) -> Result<&BufferPlan, String> {
         let fd = dmabuf.handles().next().ok_or("a dma-buf without planes")?;
         let info = DmabufFdInfo::read(fd).map_err(|e| e.to_string())?;
-        let exporter = ExporterFacts::from_fdinfo(&info, &self.quirks);
-        let entry = Entry::new(dmabuf, exporter, &self.machine);
-        let plan = &entry.plan;
+        let planned = self.planned(&info);
+        let plan = &planned.plan;
         self.counters.record(plan);
         // Formatting the reasons costs more than planning: only when someone reads them.
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -368,8 +400,19 @@ impl CoherencyState {
         if let Some(why) = plan.rejection() {
             return Err(why);
         }
-        self.plans.push(entry);
+        self.plans.push(Entry::new(dmabuf, planned));
         self.plans.get(dmabuf).ok_or_else(|| "plan cache lost the entry".into())
+    }
+
+    /// The plan of buffers from `info`'s exporter, made at the first such import since the
+    /// facts last changed.
+    fn planned(&mut self, info: &DmabufFdInfo) -> std::sync::Arc<Planned> {
+        if let Some(planned) = self.by_exporter.get(&info.exp_name) {
+            return planned.clone();
+        }
+        let planned = Planned::compute(ExporterFacts::from_fdinfo(info, &self.quirks), &self.machine);
+        self.by_exporter.insert(info.exp_name.clone(), planned.clone());
+        planned
     }
 
     /// The renderer couldn't import `dmabuf` (`why`): plans it again without the renderer,
@@ -383,12 +426,12 @@ impl CoherencyState {
         let machine = &self.machine;
         let Some(entry) = self.plans.entry_mut(dmabuf) else { return Err("the buffer has no plan".into()) };
         entry.render_import_failed = Some(why);
-        let old = entry.plan.clone();
-        entry.replan(machine);
-        let plan = entry.plan.clone();
+        let old = entry.planned.clone();
+        entry.replan(old.exporter.clone(), machine);
+        let plan = entry.plan().clone();
         let buffer = entry.buffer.clone();
         self.plans.verdicts.set(&buffer, &plan);
-        self.counters.unrecord(&old);
+        self.counters.unrecord(&old.plan);
         self.counters.record(&plan);
         tracing::debug!(plan = %plan, "buffer planned again: the renderer can't import it");
         match plan.rejection() {
@@ -435,5 +478,30 @@ mod tests {
         drop(dmabuf);
         cache.prune();
         assert!(cache.is_empty(), "a buffer's plan goes with the buffer");
+    }
+
+    #[test]
+    fn exporter_plans_are_shared_until_the_facts_change() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs/vm");
+        let options = ProbeOptions::sysfs(root, RendererChoice::Cpu("pixman".into()));
+        let mut state = CoherencyState::new(Quirks::builtin().unwrap(), &options);
+        let info = |exp_name: &str| DmabufFdInfo { size: 4096, count: 1, exp_name: exp_name.into(), name: None };
+        let vkms = DeviceId(rustix::fs::makedev(226, 1));
+
+        let first = state.planned(&info("udmabuf"));
+        assert!(std::sync::Arc::ptr_eq(&first, &state.planned(&info("udmabuf"))), "one exporter, one plan");
+        assert!(!std::sync::Arc::ptr_eq(&first, &state.planned(&info("system"))), "each exporter its own");
+        assert_eq!(first.plan.scanout_path(vkms), Some(Path::Direct));
+
+        // New overrides: buffers imported from now on are planned with them.
+        let mut changed = Quirks::builtin().unwrap();
+        changed.push("o.toml", "[driver.vkms]\nscanout_snoops = false\n", Layer::Override).unwrap();
+        state.reload(changed);
+        let reloaded = state.planned(&info("udmabuf"));
+        assert_eq!(reloaded.plan.scanout_path(vkms), Some(Path::DirectWithMaintenance));
+
+        // A device change probes again, and plans again.
+        state.devices_changed();
+        assert!(!std::sync::Arc::ptr_eq(&reloaded, &state.planned(&info("udmabuf"))), "a re-probe plans again");
     }
 }

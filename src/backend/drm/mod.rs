@@ -139,7 +139,7 @@ impl Drm {
             Unguarded::Gles(gles) => KmsRenderer::Gles(Guarded::new(gles, verdicts)),
         };
         let formats = renderer.dmabuf_formats();
-        let implicit_modifier = crate::import::ImplicitModifier::from_facts(&coherency.machine);
+        let implicit_modifier = crate::import::ImplicitModifier::from_facts(coherency.machine());
         let import = ImportState::new::<State<Drm>>(display, ImportConfig { formats, main_device, implicit_modifier })?;
         Ok(Self { session, renderer, devices: HashMap::new(), import, coherency, handle, only_device: None, pacing: Pacing::default() })
     }

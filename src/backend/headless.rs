@@ -1,6 +1,6 @@
-//! Headless backend: no udev, seat or libinput. Each output renders into a small swapchain of
-//! offscreen buffers, so buffer age and damage tracking behave as they do on KMS, and frames
-//! are paced by a timer at the output's refresh (driven by [`crate::Compositor`]).
+//! Headless backend: no udev, seat or libinput. Each output renders into an offscreen buffer
+//! with damage tracking by buffer age, and frames are paced by a timer at the output's refresh
+//! (driven by [`crate::Compositor`]).
 
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::Fourcc;
@@ -55,8 +55,11 @@ pub enum HeadlessError {
     Import(#[from] crate::import::ImportError),
 }
 
-/// Buffers per output. Two are enough for a correct age without a compositor-side copy.
-const SWAPCHAIN_LEN: usize = 2;
+/// Buffers per output. Nothing scans a headless buffer out and every frame is finished before
+/// the next one starts (and before a screenshot reads it), so one buffer is enough: each frame
+/// then repaints one frame's damage (age 1), where two buffers would repaint two (age 2). With
+/// software GL that is most of a frame's cost. Buffer ages above 1 are exercised on KMS.
+const SWAPCHAIN_LEN: usize = 1;
 
 struct Slot<T> {
     target: T,

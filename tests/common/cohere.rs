@@ -74,7 +74,13 @@ impl Cohere {
     /// Starts `cohere ARGS -- APP` with its statistics in a fresh file and a socket of its own.
     /// `env` goes to cohere and so to its app.
     pub fn start(args: &[&str], app: &[&str], env: &[(&str, &str)]) -> Result<Cohere, String> {
-        let stats_file = scratch("stats", "json");
+        Self::start_with_stats(scratch("stats", "json"), args, app, env)
+    }
+
+    /// [`Cohere::start`] with the statistics in `stats_file` (the benchmarks keep it on tmpfs,
+    /// where a compositor's runtime files live, instead of the guest's /tmp, whose writes go
+    /// through 9p and the overlay).
+    pub fn start_with_stats(stats_file: PathBuf, args: &[&str], app: &[&str], env: &[(&str, &str)]) -> Result<Cohere, String> {
         let socket = stats_file.file_stem().and_then(|s| s.to_str()).unwrap_or("cohere-vm").to_owned();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cohere"));
         cmd.args(args).args(["--socket", &socket]).arg("--stats").arg(&stats_file);
@@ -347,7 +353,7 @@ impl ClientReport {
         std::fs::rename(&tmp, path).check("report")
     }
 
-    fn read(path: &Path) -> Option<ClientReport> {
+    pub fn read(path: &Path) -> Option<ClientReport> {
         std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }
 }

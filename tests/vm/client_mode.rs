@@ -1,6 +1,7 @@
 //! The test client: this same binary, run as cohere's app (or next to it) with [`CLIENT_MODE`].
 //! It shows a dma-buf-backed `wl_buffer` (a udmabuf, or a vgem buffer with
-//! `COHERE_CLIENT_SOURCE=vgem`) holding [`test_image`], and reports what the compositor told it
+//! `COHERE_CLIENT_SOURCE=vgem`; a wl_shm buffer with `COHERE_CLIENT_SOURCE=shm`, for the
+//! benchmarks against compositors that don't take every dma-buf) holding [`test_image`], and reports what the compositor told it
 //! in the JSON file named by `COHERE_CLIENT_REPORT` (a [`ClientReport`]), which the tests wait
 //! on. It blocks on the compositor's events; the only pause is between looks for the file that
 //! ends a `COHERE_CLIENT_FENCE=until:FILE` hold.
@@ -152,7 +153,7 @@ struct Client {
     client: TestClient,
     surface: WlSurface,
     size: (i32, i32),
-    buffers: Vec<(MappedDmabuf, WlBuffer)>,
+    buffers: Vec<(Storage, WlBuffer)>,
     explicit: Option<Explicit>,
     release_points: Vec<Option<cohere::sync::syncobj::SyncPoint>>,
     /// Commits of each buffer so far.
@@ -202,7 +203,7 @@ impl Client {
         while self.client.state.released.iter().filter(|t| **t == tag).count() < self.commits[index] {
             self.client.queue.blocking_dispatch(&mut self.client.state).check("waiting for a release")?;
         }
-        self.buffers[index].0.write(&stored(&pixels, self.size.0 as usize)).check("rewriting a buffer")
+        self.buffers[index].0.dmabuf()?.write(&stored(&pixels, self.size.0 as usize)).check("rewriting a buffer")
     }
 
     fn full(&self) -> (i32, i32, i32, i32) {
@@ -243,13 +244,19 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
         return Err(format!("kiosk configure {}x{}, expected {size:?}", configure.width, configure.height));
     }
     let (w, h) = (size.0 as u32, size.1 as u32);
-    let vgem = match std::env::var("COHERE_CLIENT_SOURCE").as_deref() {
-        Ok("vgem") => Some(Card::open_driver("vgem").check("vgem")?),
+    let source = std::env::var("COHERE_CLIENT_SOURCE").unwrap_or_default();
+    let vgem = match source.as_str() {
+        "vgem" => Some(Card::open_driver("vgem").check("vgem")?),
         _ => None,
     };
     let mut buffers = Vec::new();
     let flags = if y_inverted() { zwp_linux_buffer_params_v1::Flags::YInvert } else { zwp_linux_buffer_params_v1::Flags::empty() };
     for (i, pixels) in [test_image(w, h), alt_image(w, h)].into_iter().enumerate() {
+        if source == "shm" {
+            let wl_buffer = client.shm_buffer(size.0, size.1, i as u32 + 1, |x, y| pixels[(y * size.0 + x) as usize]);
+            buffers.push((Storage::Shm, wl_buffer));
+            continue;
+        }
         let bytes = stored(&pixels, w as usize);
         let buffer = match &vgem {
             Some(card) => vgem_buffer(card, w, h).check("vgem buffer")?,
@@ -258,7 +265,7 @@ fn run(size: (i32, i32), title: &str, desktop: bool) -> Result<(), String> {
         buffer.write(&bytes).check("fill")?;
         let wl_buffer =
             client.dmabuf_buffer_flags(buffer.as_fd(), (size.0, size.1, w * 4), DrmFourcc::Xrgb8888 as u32, 0, flags, i as u32 + 1);
-        buffers.push((buffer, wl_buffer));
+        buffers.push((Storage::Dmabuf(buffer), wl_buffer));
     }
     let explicit = match std::env::var("COHERE_CLIENT_SYNCOBJ").as_deref() {
         Ok("1") => Some(Explicit::new(&client, &window.surface, buffers.len())?),
@@ -348,7 +355,7 @@ fn second_buffer(c: &mut Client, reporter: &mut Reporter, damage: (i32, i32, i32
         (Some(_), None) => {
             let timeline = Timeline::new().check("sw_sync timeline")?;
             let fence = timeline.fence_at(1).check("fence")?;
-            import_sync_file(c.buffers[1].0.as_fd(), &fence, DmabufAccess::Write).check("IMPORT_SYNC_FILE")?;
+            import_sync_file(c.buffers[1].0.dmabuf()?.as_fd(), &fence, DmabufAccess::Write).check("IMPORT_SYNC_FILE")?;
             Some(timeline)
         }
         _ => None,
@@ -399,6 +406,22 @@ fn second_buffer(c: &mut Client, reporter: &mut Reporter, damage: (i32, i32, i32
         reporter.update(|r| r.release1_signalled = Some(signalled))?;
     }
     Ok(())
+}
+
+/// What holds a buffer's pixels.
+enum Storage {
+    Dmabuf(MappedDmabuf),
+    /// A wl_shm pool: its content stays as it was made.
+    Shm,
+}
+
+impl Storage {
+    fn dmabuf(&self) -> Result<&MappedDmabuf, String> {
+        match self {
+            Storage::Dmabuf(buffer) => Ok(buffer),
+            Storage::Shm => Err("this scenario needs dma-bufs, not COHERE_CLIENT_SOURCE=shm".into()),
+        }
+    }
 }
 
 /// How long the fence stays unsignalled.

@@ -26,6 +26,7 @@ mod kms;
 mod maintenance;
 mod presentation;
 mod tests;
+mod weston_bench;
 
 use std::process::{Command, ExitCode};
 
@@ -68,7 +69,11 @@ fn main() -> ExitCode {
     // Benchmarks run only when asked for by name, with --ignored (scripts/bench-vm.sh).
     if group.is_none() {
         trials.extend(
-            presentation::benches().into_iter().chain(import_bench::benches()).map(|(name, f)| trial(name, f).with_ignored_flag(true)),
+            presentation::benches()
+                .into_iter()
+                .chain(import_bench::benches())
+                .chain(weston_bench::benches())
+                .map(|(name, f)| trial(name, f).with_ignored_flag(true)),
         );
     }
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()

@@ -3,6 +3,7 @@
 # udmabuf, the system dma-heap, sw_sync and virtio-gpu. See ARCHITECTURE.md, "VM tier".
 #
 #   tests/vm/vm.sh setup            download and build everything once (cached, see below)
+#   tests/vm/vm.sh setup-weston14   also unpack Weston 14 for scripts/bench-vm.sh weston
 #   tests/vm/vm.sh run -- CMD ...   boot, run CMD in the guest (same paths as the host), print
 #                                   its output, exit with its status
 #
@@ -117,6 +118,30 @@ setup_mesa() {
   done
 }
 
+# Weston 14 (with the libwayland 1.23 and libdisplay-info it needs) from bookworm-backports, for
+# the benchmark against it (scripts/bench-vm.sh weston); not part of the suite's set-up.
+setup_weston14() {
+  local dir="$cache/weston14" apt="$cache/apt"
+  local pkgs=(
+    "weston=$WESTON_PKG_VERSION" "libweston-14-0=$WESTON_PKG_VERSION" "libdisplay-info2=$DISPLAY_INFO_PKG_VERSION"
+    "libwayland-server0=$WAYLAND_PKG_VERSION" "libwayland-client0=$WAYLAND_PKG_VERSION"
+    "libwayland-cursor0=$WAYLAND_PKG_VERSION" "libwayland-egl1=$WAYLAND_PKG_VERSION"
+  )
+  [ -x "$dir/root/usr/bin/weston" ] && [ "$(ls "$dir"/debs/*.deb 2>/dev/null | wc -l)" -eq ${#pkgs[@]} ] && return
+  mkdir -p "$dir/debs" "$apt/lists/partial" "$apt/cache/archives/partial"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" >"$apt/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$apt/lists"
+    -o "Dir::Cache=$apt/cache" -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
+  vm "downloading Weston $WESTON_PKG_VERSION from bookworm-backports (about 1.5 MB)"
+  rm -f "$dir"/debs/*.deb
+  apt-get "${opts[@]}" update -q >/dev/null || die "apt-get update of bookworm-backports failed"
+  (cd "$dir/debs" && apt-get "${opts[@]}" download -q "${pkgs[@]}") || die "apt-get download of Weston $WESTON_PKG_VERSION failed (see tests/vm/versions.env)"
+  rm -rf "$dir/root" && mkdir -p "$dir/root"
+  for d in "$dir"/debs/*.deb; do
+    dpkg-deb -x "$d" "$dir/root"
+  done
+}
+
 build_initramfs() {
   local ird="$cache/initramfs"
   vm "building the initramfs (busybox + 9p/overlay modules)"
@@ -178,6 +203,8 @@ run() {
     echo "export XDG_RUNTIME_DIR=/run/user0 COHERE_IN_VM=1 RUST_BACKTRACE=1 ${RUST_LOG:+RUST_LOG=$RUST_LOG} ${COHERE_TEST_TIMES:+COHERE_TEST_TIMES=1} ${COHERE_VM_GROUP:+COHERE_VM_GROUP=$COHERE_VM_GROUP}"
     # Tests that want Mesa 25 (GPU composition) put it in their processes' environment.
     echo "export COHERE_MESA25=$(printf '%q' "$cache/mesa25/root")"
+    # The benchmark against Weston 14 finds it here (tests/vm/vm.sh setup-weston14).
+    echo "export COHERE_WESTON14=$(printf '%q' "$cache/weston14/root")"
     echo "mkdir -p -m 700 /run/user0"
     printf 'exec'; printf ' %q' "$@"; echo
   } >"$results/cmd.sh"
@@ -201,6 +228,7 @@ run() {
 
 case "${1:-}" in
   setup) setup ;;
+  setup-weston14) setup && setup_weston14 ;;
   run) shift; [ "${1:-}" = "--" ] && shift; run "$@" ;;
-  *) echo "usage: $0 setup | run -- COMMAND [ARGS...]" >&2; exit 2 ;;
+  *) echo "usage: $0 setup | setup-weston14 | run -- COMMAND [ARGS...]" >&2; exit 2 ;;
 esac

@@ -93,24 +93,22 @@ build_modules() {
   depmod -b "$root" "$KERNEL_ABI-amd64"
 }
 
-# Mesa 25 (and its libdrm) from bookworm-backports, through a private apt configuration: the
-# host's sources and installed packages are not touched.
-setup_mesa() {
-  local dir="$cache/mesa25" apt="$cache/apt"
-  local pkgs=(
-    "mesa-libgallium=$MESA_PKG_VERSION" "libgl1-mesa-dri=$MESA_PKG_VERSION" "libegl-mesa0=$MESA_PKG_VERSION"
-    "libgbm1=$MESA_PKG_VERSION" "libdrm2=$LIBDRM_PKG_VERSION" "libdrm-amdgpu1=$LIBDRM_PKG_VERSION"
-    "libdrm-intel1=$LIBDRM_PKG_VERSION"
-  )
+# Unpacks packages from bookworm-backports into $cache/<name>/root, through a private apt
+# configuration: the host's sources and installed packages are not touched. Downloads only
+# when the set of .debs is not complete yet.
+#   unpack_backports NAME WHAT SIZE PACKAGE=VERSION...
+unpack_backports() {
+  local dir="$cache/$1" what=$2 size=$3 apt="$cache/apt"
+  shift 3
   mkdir -p "$dir/debs" "$apt/lists/partial" "$apt/cache/archives/partial"
   echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" >"$apt/sources.list"
   local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$apt/lists"
     -o "Dir::Cache=$apt/cache" -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
-  if [ "$(ls "$dir"/debs/*.deb 2>/dev/null | wc -l)" -ne ${#pkgs[@]} ]; then
-    vm "downloading Mesa $MESA_PKG_VERSION from bookworm-backports (about 10 MB)"
+  if [ "$(ls "$dir"/debs/*.deb 2>/dev/null | wc -l)" -ne $# ]; then
+    vm "downloading $what from bookworm-backports (about $size)"
     rm -f "$dir"/debs/*.deb
     apt-get "${opts[@]}" update -q >/dev/null || die "apt-get update of bookworm-backports failed"
-    (cd "$dir/debs" && apt-get "${opts[@]}" download -q "${pkgs[@]}") || die "apt-get download of Mesa $MESA_PKG_VERSION failed (see tests/vm/versions.env)"
+    (cd "$dir/debs" && apt-get "${opts[@]}" download -q "$@") || die "apt-get download of $what failed (see tests/vm/versions.env)"
   fi
   rm -rf "$dir/root" && mkdir -p "$dir/root"
   for d in "$dir"/debs/*.deb; do
@@ -118,28 +116,22 @@ setup_mesa() {
   done
 }
 
-# Weston 14 (with the libwayland 1.23 and libdisplay-info it needs) from bookworm-backports, for
-# the benchmark against it (scripts/bench-vm.sh weston); not part of the suite's set-up.
+# Mesa 25 (and its libdrm), for the GPU-composition tests.
+setup_mesa() {
+  unpack_backports mesa25 "Mesa $MESA_PKG_VERSION" "10 MB" \
+    "mesa-libgallium=$MESA_PKG_VERSION" "libgl1-mesa-dri=$MESA_PKG_VERSION" "libegl-mesa0=$MESA_PKG_VERSION" \
+    "libgbm1=$MESA_PKG_VERSION" "libdrm2=$LIBDRM_PKG_VERSION" "libdrm-amdgpu1=$LIBDRM_PKG_VERSION" \
+    "libdrm-intel1=$LIBDRM_PKG_VERSION"
+}
+
+# Weston 14 (with the libwayland 1.23 and libdisplay-info it needs), for the benchmark against
+# it (scripts/bench-vm.sh weston); not part of the suite's set-up.
 setup_weston14() {
-  local dir="$cache/weston14" apt="$cache/apt"
-  local pkgs=(
-    "weston=$WESTON_PKG_VERSION" "libweston-14-0=$WESTON_PKG_VERSION" "libdisplay-info2=$DISPLAY_INFO_PKG_VERSION"
-    "libwayland-server0=$WAYLAND_PKG_VERSION" "libwayland-client0=$WAYLAND_PKG_VERSION"
+  [ -x "$cache/weston14/root/usr/bin/weston" ] && [ "$(ls "$cache"/weston14/debs/*.deb 2>/dev/null | wc -l)" -eq 7 ] && return
+  unpack_backports weston14 "Weston $WESTON_PKG_VERSION" "1.5 MB" \
+    "weston=$WESTON_PKG_VERSION" "libweston-14-0=$WESTON_PKG_VERSION" "libdisplay-info2=$DISPLAY_INFO_PKG_VERSION" \
+    "libwayland-server0=$WAYLAND_PKG_VERSION" "libwayland-client0=$WAYLAND_PKG_VERSION" \
     "libwayland-cursor0=$WAYLAND_PKG_VERSION" "libwayland-egl1=$WAYLAND_PKG_VERSION"
-  )
-  [ -x "$dir/root/usr/bin/weston" ] && [ "$(ls "$dir"/debs/*.deb 2>/dev/null | wc -l)" -eq ${#pkgs[@]} ] && return
-  mkdir -p "$dir/debs" "$apt/lists/partial" "$apt/cache/archives/partial"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" >"$apt/sources.list"
-  local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$apt/lists"
-    -o "Dir::Cache=$apt/cache" -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
-  vm "downloading Weston $WESTON_PKG_VERSION from bookworm-backports (about 1.5 MB)"
-  rm -f "$dir"/debs/*.deb
-  apt-get "${opts[@]}" update -q >/dev/null || die "apt-get update of bookworm-backports failed"
-  (cd "$dir/debs" && apt-get "${opts[@]}" download -q "${pkgs[@]}") || die "apt-get download of Weston $WESTON_PKG_VERSION failed (see tests/vm/versions.env)"
-  rm -rf "$dir/root" && mkdir -p "$dir/root"
-  for d in "$dir"/debs/*.deb; do
-    dpkg-deb -x "$d" "$dir/root"
-  done
 }
 
 build_initramfs() {

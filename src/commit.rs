@@ -111,6 +111,11 @@ pub struct CommitCounters {
     pub bytes_copied: u64,
     /// Commits of DirectWithMaintenance buffers whose caches were written back before scanout.
     pub maintenances: u64,
+    /// Microseconds the copy thread spent on the copies that landed (map, SYNC, copy).
+    pub copy_thread_us: u64,
+    /// Microseconds the commits whose copies landed were held, from the commit to the copy
+    /// in the shadow (fence wait, queueing and the copy): what a copy adds to a frame.
+    pub copy_held_us: u64,
 }
 
 /// The pipeline's state, owned by the compositor.
@@ -198,6 +203,8 @@ struct CommitWait {
     client: Client,
     /// The acquire fence's event source while the commit waits for the fence.
     fence_source: Option<RegistrationToken>,
+    /// When the commit arrived.
+    since: std::time::Instant,
 }
 
 /// The pending state's new dma-buf, its damage in buffer coordinates when that is exact, and
@@ -307,7 +314,8 @@ pub fn pre_commit<D: CommitHandler>(state: &mut D, surface: &WlSurface) {
         return;
     }
     let blocker = FenceBlocker::default();
-    let wait = CommitWait { surface: surface.downgrade(), blocker: blocker.clone(), client, fence_source: None };
+    let wait =
+        CommitWait { surface: surface.downgrade(), blocker: blocker.clone(), client, fence_source: None, since: std::time::Instant::now() };
     state.commit_state().waits.insert(id, wait);
     match fence {
         Acquire::Ready => {
@@ -379,7 +387,9 @@ fn to_worker<D: CommitHandler>(state: &mut D, job: Job) {
         None => Some(job),
     };
     match rejected {
-        Some(Job::Copy(job)) => copy_done(state, CopyDone { id: job.id, seq: job.seq, result: Err(CopyError::NoWorker) }),
+        Some(Job::Copy(job)) => {
+            copy_done(state, CopyDone { id: job.id, seq: job.seq, result: Err(CopyError::NoWorker), took: std::time::Duration::ZERO })
+        }
         Some(Job::Maintain(job)) => maintained_done(state, MaintainDone { id: job.id, result: Err("the copy thread is gone".into()) }),
         None => {}
     }
@@ -409,13 +419,15 @@ fn maintained_done<D: CommitHandler>(state: &mut D, done: MaintainDone) {
 
 /// A copy came back from the copy thread: the shadow holds it, so its commit may apply.
 fn copy_done<D: CommitHandler>(state: &mut D, done: CopyDone) {
-    let surface = state.commit_state().waits.get(&done.id).and_then(|w| w.surface.upgrade().ok());
-    if let Some(surface) = surface {
+    let wait = state.commit_state().waits.get(&done.id).map(|w| (w.surface.upgrade().ok(), w.since));
+    if let Some((Some(surface), since)) = wait {
         let bytes = cpu_copy::job_done(&surface, done.seq, done.result);
         if bytes > 0 {
             let counters = &mut state.commit_state().counters;
             counters.cpu_copies += 1;
             counters.bytes_copied += bytes;
+            counters.copy_thread_us += done.took.as_micros() as u64;
+            counters.copy_held_us += since.elapsed().as_micros() as u64;
             state.surface_copied(&surface, bytes);
             tracing::trace!(bytes, "cpu copy landed");
         }

@@ -62,6 +62,12 @@ pub struct Stats {
     pub cpu_copies: u64,
     /// Bytes the CPU copies read.
     pub bytes_copied: u64,
+    /// Microseconds the copy thread spent on those copies.
+    #[serde(default)]
+    pub cpu_copy_thread_us: u64,
+    /// Microseconds their commits were held, from the commit to the copy in the shadow.
+    #[serde(default)]
+    pub cpu_copy_held_us: u64,
     /// Commits that waited for their buffer's acquire fence.
     pub commits_held_for_fences: u64,
     /// Commits cohere holds right now (fences, copies).
@@ -278,6 +284,8 @@ impl Stats {
             live_buffers: plans.live_plans().map(|p| BufferStats { exporter: p.exporter.clone(), plan: p.into() }).collect(),
             cpu_copies: core.commits.counters.cpu_copies,
             bytes_copied: core.commits.counters.bytes_copied,
+            cpu_copy_thread_us: core.commits.counters.copy_thread_us,
+            cpu_copy_held_us: core.commits.counters.copy_held_us,
             commits_held_for_fences: core.commits.counters.fence_waits,
             commits_waiting: core.commits.waiting() as u64,
             screenshots: core.control.screenshots_written,

@@ -103,12 +103,14 @@ fn pacing(name: &str, config: &str, damage: Damage) -> Result<(), String> {
     let report = cohere.wait_client(&report_file, "the paced frames presented", |r| r.frames.len() > PACED_FRAMES)?;
     let stopped = cohere.stop()?;
     let copies = stopped.stats.cpu_copies;
+    let per_copy = |us: u64| us as f64 / 1000.0 / copies.max(1) as f64;
+    let (thread_ms, held_ms) = (per_copy(stopped.stats.cpu_copy_thread_us), per_copy(stopped.stats.cpu_copy_held_us));
     let frames = &report.frames[1..];
     let consecutive = frames.windows(2).filter(|w| w[1].seq == w[0].seq + 1).count();
     let total = frames.len() - 1;
     let zero_copy = frames.iter().filter(|f| f.flags & Kind::ZeroCopy.bits() != 0).count();
     println!(
-        "pacing {name}: {consecutive} of {total} frames on the next vblank ({:.1} %), {zero_copy} of {} zero-copy, {copies} cpu copies",
+        "pacing {name}: {consecutive} of {total} frames on the next vblank ({:.1} %), {zero_copy} of {} zero-copy, {copies} cpu copies (each {thread_ms:.2} ms on the copy thread, its commit held {held_ms:.2} ms)",
         100.0 * consecutive as f64 / total as f64,
         frames.len()
     );

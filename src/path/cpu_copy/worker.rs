@@ -50,6 +50,8 @@ pub struct CopyDone {
     pub seq: u64,
     /// The bytes copied, or why nothing was.
     pub result: Result<u64, CopyError>,
+    /// How long the copy thread spent on it.
+    pub took: std::time::Duration,
 }
 
 /// Work for the thread.
@@ -92,11 +94,13 @@ impl CopyWorker {
     pub fn spawn(done: channel::Sender<Done>) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new().name("cohere-cpu-copy".into()).spawn(move || {
+            let mut mappings = Mappings::default();
             for job in rx {
                 let result = match job {
                     Job::Copy(mut job) => {
-                        let result = copy(&mut job);
-                        Done::Copy(CopyDone { id: job.id, seq: job.seq, result })
+                        let start = std::time::Instant::now();
+                        let result = copy(&mut job, &mut mappings);
+                        Done::Copy(CopyDone { id: job.id, seq: job.seq, result, took: start.elapsed() })
                     }
                     Job::Maintain(job) => Done::Maintained(crate::path::maintenance::run(job)),
                 };
@@ -126,10 +130,65 @@ impl Drop for CopyWorker {
     }
 }
 
-/// Runs `job`: maps plane 0 from offset 0 (an unaligned plane offset can't be mmapped),
-/// brackets the reads with SYNC, and copies the job's rectangles into its shadow. Returns the
-/// bytes copied.
-pub fn copy(job: &mut CopyJob) -> Result<u64, CopyError> {
+/// A read-only mapping of a client buffer, unmapped when dropped.
+#[derive(Debug)]
+struct Mapping {
+    ptr: *mut std::ffi::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<Self, CopyError> {
+        // SAFETY: a fresh shared read-only mapping of `len` bytes, which the caller checked
+        // the fd's size covers. It is only read, through `bytes`, and unmapped on drop.
+        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, fd, 0) }
+            .map_err(CopyError::Map)?;
+        Ok(Self { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made; no slice of it outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr, self.len) };
+    }
+}
+
+/// The copy thread's mappings of the buffers it copied last. A client draws into a few
+/// buffers in turn, so keeping their mappings saves an mmap, a munmap and a page fault per
+/// page read on every copy. A mapping goes when its buffer's last `Dmabuf` does (looked at on
+/// each copy), or when it is the least recently used of more than [`Mappings::KEPT`].
+#[derive(Debug, Default)]
+struct Mappings(Vec<(smithay::backend::allocator::dmabuf::WeakDmabuf, Mapping)>);
+
+impl Mappings {
+    const KEPT: usize = 8;
+
+    /// `dmabuf`'s mapping of `len` bytes, made if there is none, moved to most recently used.
+    fn get(&mut self, dmabuf: &Dmabuf, fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<&Mapping, CopyError> {
+        self.0.retain(|(weak, _)| weak.upgrade().is_some());
+        let weak = dmabuf.weak();
+        let entry = match self.0.iter().position(|(w, m)| *w == weak && m.len == len) {
+            Some(at) => self.0.remove(at),
+            None => (weak, Mapping::new(fd, len)?),
+        };
+        if self.0.len() >= Self::KEPT {
+            self.0.remove(0);
+        }
+        self.0.push(entry);
+        Ok(&self.0[self.0.len() - 1].1)
+    }
+}
+
+/// Runs `job`: maps plane 0 from offset 0 (an unaligned plane offset can't be mmapped; the
+/// mapping is kept for the buffer's next copy), brackets the reads with SYNC, and copies the
+/// job's rectangles into its shadow. Returns the bytes copied.
+fn copy(job: &mut CopyJob, mappings: &mut Mappings) -> Result<u64, CopyError> {
     let dmabuf = &job.dmabuf;
     let (Some(fd), Some(offset), Some(stride)) = (dmabuf.handles().next(), dmabuf.offsets().next(), dmabuf.strides().next()) else {
         return Err(CopyError::Format(dmabuf.format().code));
@@ -147,27 +206,58 @@ pub fn copy(job: &mut CopyJob) -> Result<u64, CopyError> {
         return Err(CopyError::Fenced);
     }
     let len = need as usize;
-    // SAFETY: a fresh shared read-only mapping of `len` bytes, which the fd's size covers; it
-    // is only read through the slice below and unmapped before returning.
-    let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, fd, 0) }
-        .map_err(CopyError::Map)?;
-    // SAFETY: the mapping above is `len` readable bytes and lives until munmap below.
-    let src = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
-    let result = (|| {
-        dmabuf.sync_plane(0, DmabufSyncFlags::START | DmabufSyncFlags::READ).map_err(|e| CopyError::Sync(e.to_string()))?;
-        let mut copied = 0;
-        let mut shadow = job.target.render();
-        let _ = shadow.draw(|dst: &mut [u8]| -> Result<Vec<Rectangle<i32, BufferCoords>>, std::convert::Infallible> {
-            let mut dst = Plane { bytes: dst, offset: 0, stride: job.target_stride };
-            copied = copy_rects(&Plane { bytes: src, offset, stride }, &mut dst, &job.rects, job.cpp, job.reads);
-            Ok(job.rects.clone())
-        });
-        // The shadow's lock goes (and its damage is recorded) before the bracket closes.
-        drop(shadow);
-        dmabuf.sync_plane(0, DmabufSyncFlags::END | DmabufSyncFlags::READ).map_err(|e| CopyError::Sync(e.to_string()))?;
-        Ok(copied)
-    })();
-    // SAFETY: unmaps exactly the mapping made above; `src` is not used after this.
-    let _ = unsafe { rustix::mm::munmap(ptr, len) };
-    result
+    let src = mappings.get(dmabuf, fd, len)?.bytes();
+    dmabuf.sync_plane(0, DmabufSyncFlags::START | DmabufSyncFlags::READ).map_err(|e| CopyError::Sync(e.to_string()))?;
+    let mut copied = 0;
+    let mut shadow = job.target.render();
+    let _ = shadow.draw(|dst: &mut [u8]| -> Result<Vec<Rectangle<i32, BufferCoords>>, std::convert::Infallible> {
+        let mut dst = Plane { bytes: dst, offset: 0, stride: job.target_stride };
+        copied = copy_rects(&Plane { bytes: src, offset, stride }, &mut dst, &job.rects, job.cpp, job.reads);
+        Ok(job.rects.clone())
+    });
+    // The shadow's lock goes (and its damage is recorded) before the bracket closes.
+    drop(shadow);
+    dmabuf.sync_plane(0, DmabufSyncFlags::END | DmabufSyncFlags::READ).map_err(|e| CopyError::Sync(e.to_string()))?;
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smithay::backend::allocator::dmabuf::DmabufFlags;
+    use smithay::backend::allocator::{Fourcc, Modifier};
+
+    /// A one-plane buffer over a memfd of `len` bytes filled with `byte` (mmap works on any
+    /// fd; only the copy needs a real dma-buf).
+    fn buffer(len: usize, byte: u8) -> Dmabuf {
+        let fd = rustix::fs::memfd_create("mapping", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::io::write(&fd, &vec![byte; len]).unwrap();
+        let mut builder = Dmabuf::builder((16, (len / 64) as i32), Fourcc::Xrgb8888, Modifier::Linear, DmabufFlags::empty());
+        builder.add_plane(fd, 0, 0, 64);
+        builder.build().unwrap()
+    }
+
+    #[test]
+    fn mappings_are_kept_per_buffer_and_go_with_it() {
+        let mut mappings = Mappings::default();
+        let a = buffer(4096, 1);
+        let fd = a.handles().next().unwrap();
+        let first = mappings.get(&a, fd, 4096).unwrap().ptr;
+        assert_eq!(mappings.get(&a, fd, 4096).unwrap().ptr, first, "the second copy reuses the mapping");
+        assert_eq!(mappings.get(&a, fd, 4096).unwrap().bytes()[4095], 1);
+
+        let b = buffer(4096, 2);
+        assert_eq!(mappings.get(&b, b.handles().next().unwrap(), 4096).unwrap().bytes()[0], 2);
+        assert_eq!(mappings.0.len(), 2);
+        drop(a);
+        let c = buffer(4096, 3);
+        mappings.get(&c, c.handles().next().unwrap(), 4096).unwrap();
+        assert_eq!(mappings.0.len(), 2, "a's mapping went with its last Dmabuf");
+
+        let many: Vec<Dmabuf> = (0..Mappings::KEPT + 2).map(|i| buffer(4096, i as u8)).collect();
+        for d in &many {
+            mappings.get(d, d.handles().next().unwrap(), 4096).unwrap();
+        }
+        assert_eq!(mappings.0.len(), Mappings::KEPT, "no more than KEPT mappings");
+    }
 }

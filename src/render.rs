@@ -8,8 +8,9 @@ use smithay::backend::allocator::Fourcc;
 use smithay::backend::renderer::element::memory::MemoryRenderBufferRenderElement;
 use smithay::backend::renderer::element::solid::{SolidColorBuffer, SolidColorRenderElement};
 use smithay::backend::renderer::element::surface::WaylandSurfaceRenderElement;
+use smithay::backend::renderer::element::Element;
 use smithay::backend::renderer::element::{render_elements, Kind, RenderElementStates};
-use smithay::backend::renderer::{ExportMem, ImportAll, ImportMem, Renderer, Texture};
+use smithay::backend::renderer::{ExportMem, ImportAll, ImportMem, Renderer, Texture, TextureFilter};
 use smithay::desktop::utils::{
     surface_presentation_feedback_flags_from_states, surface_primary_scanout_output, update_surface_primary_scanout_output,
     OutputPresentationFeedback,
@@ -38,6 +39,27 @@ pub const TITLEBAR_UNFOCUSED: [f32; 4] = rgb(0x4c, 0x4c, 0x54);
 /// Opaque colour from 8-bit channels, so renderers land on exactly these bytes.
 const fn rgb(r: u8, g: u8, b: u8) -> [f32; 4] {
     [r as f32 / 255.0, g as f32 / 255.0, b as f32 / 255.0, 1.0]
+}
+
+/// Sets the renderer's sampling filter for a frame of `elements` on `output`: nearest when
+/// every element is drawn at its buffer's size on whole pixels, bilinear otherwise. In a
+/// pixel-exact frame each output pixel is one texel, which bilinear filtering finds by reading
+/// four; a software renderer spends most of a frame sampling. Weston chooses per view the same
+/// way. (The filter is the renderer's, so the choice is per frame.)
+pub fn choose_filter<R: Renderer, E: Element>(renderer: &mut R, elements: &[E], output: &Output) {
+    let scale = Scale::from(output.current_scale().fractional_scale());
+    let filter = if elements.iter().all(|e| pixel_exact(e, scale)) { TextureFilter::Nearest } else { TextureFilter::Linear };
+    if let Err(err) = renderer.upscale_filter(filter).and_then(|()| renderer.downscale_filter(filter)) {
+        tracing::debug!(%err, ?filter, "texture filter");
+    }
+}
+
+/// Whether `element` maps its buffer 1:1 onto whole output pixels.
+fn pixel_exact<E: Element>(element: &E, scale: Scale<f64>) -> bool {
+    let src = element.src();
+    let size = element.transform().transform_size(src.size);
+    let dst = element.geometry(scale).size.to_f64();
+    src.loc.x.fract() == 0.0 && src.loc.y.fract() == 0.0 && size.w == dst.w && size.h == dst.h
 }
 
 /// The colour an output is cleared to before windows are drawn.
@@ -292,4 +314,58 @@ where
         px[3] = 0xff;
     }
     Ok(Screenshot { width, height, rgba })
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+    use smithay::backend::renderer::element::Id;
+    use smithay::backend::renderer::utils::CommitCounter;
+    use smithay::utils::Transform;
+
+    /// An element that shows `src` of its buffer at `dst`, turned by `transform`.
+    struct Placed {
+        id: Id,
+        src: Rectangle<f64, BufferCoords>,
+        dst: Rectangle<i32, Physical>,
+        transform: Transform,
+    }
+
+    impl Element for Placed {
+        fn id(&self) -> &Id {
+            &self.id
+        }
+        fn current_commit(&self) -> CommitCounter {
+            CommitCounter::default()
+        }
+        fn src(&self) -> Rectangle<f64, BufferCoords> {
+            self.src
+        }
+        fn geometry(&self, _: Scale<f64>) -> Rectangle<i32, Physical> {
+            self.dst
+        }
+        fn transform(&self) -> Transform {
+            self.transform
+        }
+    }
+
+    fn placed(src: (f64, f64, f64, f64), dst: (i32, i32), transform: Transform) -> Placed {
+        Placed {
+            id: Id::new(),
+            src: Rectangle::new((src.0, src.1).into(), (src.2, src.3).into()),
+            dst: Rectangle::new((5, 7).into(), dst.into()),
+            transform,
+        }
+    }
+
+    #[test]
+    fn only_one_to_one_whole_pixel_elements_are_pixel_exact() {
+        let one = Scale::from(1.0);
+        assert!(pixel_exact(&placed((0.0, 0.0, 64.0, 32.0), (64, 32), Transform::Normal), one));
+        assert!(pixel_exact(&placed((0.0, 0.0, 64.0, 32.0), (32, 64), Transform::_90), one), "a quarter turn is still 1:1");
+        assert!(!pixel_exact(&placed((0.0, 0.0, 64.0, 32.0), (128, 64), Transform::Normal), one), "scaled up");
+        assert!(!pixel_exact(&placed((0.0, 0.0, 64.0, 32.0), (64, 32), Transform::_90), one), "turned but not resized");
+        assert!(!pixel_exact(&placed((0.5, 0.0, 64.0, 32.0), (64, 32), Transform::Normal), one), "a sub-pixel source");
+        assert!(!pixel_exact(&placed((0.0, 0.0, 63.5, 32.0), (64, 32), Transform::Normal), one), "a viewport that stretches");
+    }
 }

@@ -121,6 +121,7 @@ where
         let slot = &mut out.slots[index];
         let age = slot.rendered_at.map_or(0, |at| (out.frame - at) as usize);
         let elements = output_elements(&mut self.renderer, core, output);
+        crate::render::choose_filter(&mut self.renderer, &elements, output);
         let mut framebuffer = self.renderer.bind(&mut slot.target).map_err(|e| HeadlessError::Render(Box::new(e)))?;
         let result = out
             .damage

@@ -265,6 +265,7 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
     };
     let outcome = with_renderer!(renderer, r => {
         let elements = crate::render::output_elements(r, &state.core, output);
+        crate::render::choose_filter(r, &elements, output);
         device.render(crtc, r, &elements, clear)
     });
     match outcome {

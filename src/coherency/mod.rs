@@ -70,6 +70,10 @@ impl PlanCounters {
 pub struct PlanCache {
     entries: Vec<Entry>,
     verdicts: Verdicts,
+    /// Each exporter's plan on the current facts, made at its first import; dropped with the
+    /// entries' plans whenever those are made again ([`PlanCache::recompute`],
+    /// [`PlanCache::reload`]).
+    by_exporter: std::collections::HashMap<String, std::sync::Arc<Planned>>,
 }
 
 /// The plans' answers to the two questions asked where no plan cache is at hand: may the
@@ -175,6 +179,17 @@ impl PlanCache {
         self.push(Entry::new(dmabuf, Planned::compute(exporter, machine)));
     }
 
+    /// The plan of buffers from `info`'s exporter, made at the first such import since the
+    /// facts last changed.
+    fn planned(&mut self, info: &DmabufFdInfo, quirks: &Quirks, machine: &MachineFacts) -> std::sync::Arc<Planned> {
+        if let Some(planned) = self.by_exporter.get(&info.exp_name) {
+            return planned.clone();
+        }
+        let planned = Planned::compute(ExporterFacts::from_fdinfo(info, quirks), machine);
+        self.by_exporter.insert(info.exp_name.clone(), planned.clone());
+        planned
+    }
+
     fn push(&mut self, entry: Entry) {
         self.prune();
         self.verdicts.set(&entry.buffer, entry.plan());
@@ -246,6 +261,7 @@ impl PlanCache {
     /// Recomputes every live buffer's plan against new machine facts (after hotplug).
     pub fn recompute(&mut self, machine: &MachineFacts) {
         self.prune();
+        self.by_exporter.clear();
         for entry in &mut self.entries {
             entry.replan(entry.planned.exporter.clone(), machine);
             self.verdicts.set(&entry.buffer, entry.plan());
@@ -256,6 +272,7 @@ impl PlanCache {
     /// configuration), then recomputes its plan.
     pub fn reload(&mut self, machine: &MachineFacts, quirks: &Quirks) {
         self.prune();
+        self.by_exporter.clear();
         for entry in &mut self.entries {
             entry.replan(ExporterFacts::lookup(entry.planned.exporter.name.clone(), quirks), machine);
             self.verdicts.set(&entry.buffer, entry.plan());
@@ -306,7 +323,7 @@ pub struct CoherencyState {
     /// The quirk database with the user's overrides (replaced only by [`CoherencyState::reload`]).
     quirks: Quirks,
     /// The machine's facts (probed again only by [`CoherencyState::devices_changed`] and
-    /// [`CoherencyState::reload`], which is what keeps `by_exporter` true).
+    /// [`CoherencyState::reload`], which plan every buffer again: what keeps the plans true).
     machine: MachineFacts,
     /// The plans of live buffers.
     pub plans: PlanCache,
@@ -317,8 +334,6 @@ pub struct CoherencyState {
     /// Times [`CoherencyState::reload`] took a new configuration.
     pub reloads: u64,
     probe_options: ProbeOptions,
-    /// Each exporter's plan on this machine with these quirks, made at its first import.
-    by_exporter: std::collections::HashMap<String, std::sync::Arc<Planned>>,
 }
 
 impl CoherencyState {
@@ -334,7 +349,6 @@ impl CoherencyState {
             reprobes: 0,
             reloads: 0,
             probe_options: probe_options.clone(),
-            by_exporter: Default::default(),
         }
     }
 
@@ -352,7 +366,6 @@ impl CoherencyState {
     /// live buffer against the new facts.
     pub fn devices_changed(&mut self) {
         self.machine = probe(&self.probe_options, &self.quirks);
-        self.by_exporter.clear();
         Self::log_facts(&self.machine);
         self.plans.recompute(&self.machine);
         self.reprobes += 1;
@@ -364,7 +377,6 @@ impl CoherencyState {
     pub fn reload(&mut self, quirks: Quirks) {
         self.quirks = quirks;
         self.machine = probe(&self.probe_options, &self.quirks);
-        self.by_exporter.clear();
         Self::log_facts(&self.machine);
         self.plans.reload(&self.machine, &self.quirks);
         self.reloads += 1;
@@ -404,15 +416,9 @@ impl CoherencyState {
         self.plans.get(dmabuf).ok_or_else(|| "plan cache lost the entry".into())
     }
 
-    /// The plan of buffers from `info`'s exporter, made at the first such import since the
-    /// facts last changed.
+    /// The plan of buffers from `info`'s exporter on these facts.
     fn planned(&mut self, info: &DmabufFdInfo) -> std::sync::Arc<Planned> {
-        if let Some(planned) = self.by_exporter.get(&info.exp_name) {
-            return planned.clone();
-        }
-        let planned = Planned::compute(ExporterFacts::from_fdinfo(info, &self.quirks), &self.machine);
-        self.by_exporter.insert(info.exp_name.clone(), planned.clone());
-        planned
+        self.plans.planned(info, &self.quirks, &self.machine)
     }
 
     /// The renderer couldn't import `dmabuf` (`why`): plans it again without the renderer,

@@ -107,11 +107,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn cohere(renderer: Renderer, source: Source, damage: Damage) -> Result<Measure, String> {
-    let mesa = mesa25()?;
-    let mut env: Vec<(&str, &str)> = Vec::new();
-    if let Renderer::Gl = renderer {
-        env.extend(mesa.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    }
+    let mesa = match renderer {
+        Renderer::Gl => mesa25()?,
+        Renderer::Pixman => Vec::new(),
+    };
+    let env: Vec<(&str, &str)> = mesa.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let size = format!("{}x{}", SIZE.0, SIZE.1);
     let renderer = match renderer {
         Renderer::Pixman => "pixman",

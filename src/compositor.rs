@@ -43,7 +43,7 @@ use crate::backend::headless::{Headless, HeadlessError};
 use crate::backend::renderer::RendererPreference;
 use crate::backend::Backend;
 use crate::core::{Core, OutputConfig};
-use crate::render::{finish_frame, Presented, Screenshot};
+use crate::render::{finish_frame, frame_made, Presented, Screenshot};
 use crate::shell::ShellMode;
 use crate::State;
 
@@ -315,7 +315,8 @@ fn headless_frame(state: &mut State<Headless>, output: &Output, interval: Durati
         c.flips += 1;
     }
     let seq = state.core.counters.frames;
-    finish_frame(&mut state.core, output, &report.states, Presented::timer(presented, interval, seq));
+    let feedback = frame_made(&state.core, output, &report.states);
+    finish_frame(&mut state.core, output, &report.states, feedback, Presented::timer(presented, interval, seq));
     state.publish_output_paths(output);
 
     if state.core.primary_output() != Some(output) {

@@ -197,16 +197,40 @@ impl Presented {
     }
 }
 
-/// Work that follows a presented frame: record which output each surface is mainly shown on,
-/// send frame callbacks (one per refresh, so clients are paced by the output) and deliver
-/// presentation feedback with the presentation time.
-pub fn finish_frame<B: Backend>(core: &mut Core<B>, output: &Output, states: &RenderElementStates, presented: Presented) {
-    let presented_at = presented.at;
+/// What a frame just made shows, taken when it is made (rendered, or its planes assigned): each
+/// surface's main output from the frame's element states, and the presentation feedback of the
+/// commits it shows. A commit applied after the frame was made waits for the next frame's
+/// feedback, so its `presented` never carries the time of a frame without it.
+pub fn frame_made<B: Backend>(core: &Core<B>, output: &Output, states: &RenderElementStates) -> OutputPresentationFeedback {
     let mut feedback = OutputPresentationFeedback::new(output);
-    core.counters_of(output).frames += 1;
     for window in core.space.elements() {
         window.with_surfaces(|surface, surface_states| {
             update_surface_primary_scanout_output(surface, output, surface_states, states, |next, _, _, _| next);
+        });
+        if core.space.outputs_for_element(window).contains(output) {
+            window.take_presentation_feedback(&mut feedback, surface_primary_scanout_output, |surface, _| {
+                surface_presentation_feedback_flags_from_states(surface, states)
+            });
+        }
+    }
+    feedback
+}
+
+/// Work that follows a presented frame (made by [`frame_made`], which gave `feedback`): count
+/// the surfaces shown and record what the frame did with each, send frame callbacks (one per
+/// refresh, so clients are paced by the output) and deliver the presentation feedback with the
+/// presentation time.
+pub fn finish_frame<B: Backend>(
+    core: &mut Core<B>,
+    output: &Output,
+    states: &RenderElementStates,
+    mut feedback: OutputPresentationFeedback,
+    presented: Presented,
+) {
+    let presented_at = presented.at;
+    core.counters_of(output).frames += 1;
+    for window in core.space.elements() {
+        window.with_surfaces(|surface, surface_states| {
             // Part of this frame: on a plane or drawn (not skipped as hidden).
             let shown = states.element_render_state(surface).is_some_and(|s| {
                 !matches!(s.presentation_state, smithay::backend::renderer::element::RenderElementPresentationState::Skipped)
@@ -221,9 +245,6 @@ pub fn finish_frame<B: Backend>(core: &mut Core<B>, output: &Output, states: &Re
             }
         });
         if core.space.outputs_for_element(window).contains(output) {
-            window.take_presentation_feedback(&mut feedback, surface_primary_scanout_output, |surface, _| {
-                surface_presentation_feedback_flags_from_states(surface, states)
-            });
             window.send_frame(output, presented_at, Some(Duration::ZERO), surface_primary_scanout_output);
         }
     }

@@ -102,8 +102,21 @@ pub enum DeviceError {
 struct Surface {
     output: Output,
     compositor: Compositor,
-    /// States of the frame waiting for its page flip.
-    pending: Option<RenderElementStates>,
+    /// The frame waiting for its page flip.
+    pending: Option<PendingFrame>,
+}
+
+/// A frame queued for a page flip: its element states and the presentation feedback of the
+/// commits it shows, delivered when the flip completes.
+pub(crate) struct PendingFrame {
+    pub states: RenderElementStates,
+    pub feedback: smithay::desktop::utils::OutputPresentationFeedback,
+}
+
+impl std::fmt::Debug for PendingFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingFrame").field("states", &self.states).finish_non_exhaustive()
+    }
 }
 
 /// What one render call did.
@@ -138,6 +151,9 @@ pub struct Device {
     pub driver: String,
     /// The device's node.
     pub node: DrmNode,
+    /// The display device the plans name (`DeviceId::from(node)`), found in sysfs once: the
+    /// buffer-path reports and dma-buf feedback ask for it after every frame.
+    pub id: DeviceId,
     drm: DrmDevice,
     surfaces: HashMap<crtc::Handle, Surface>,
     token: RegistrationToken,
@@ -178,7 +194,7 @@ impl Device {
             handle.remove(token);
             return Err(err);
         }
-        Ok(Device { card, path: path.to_owned(), driver, node, drm, surfaces, token })
+        Ok(Device { card, path: path.to_owned(), driver, node, id: DeviceId::from(node), drm, surfaces, token })
     }
 
     /// The outputs of the device's connected connectors.
@@ -255,19 +271,20 @@ impl Device {
         Ok(Rendered::Queued { states, zero_copy, composited, cursor_plane, fence })
     }
 
-    pub(crate) fn set_pending_states(&mut self, crtc: crtc::Handle, states: RenderElementStates) {
+    pub(crate) fn set_pending(&mut self, crtc: crtc::Handle, frame: PendingFrame) {
         if let Some(s) = self.surfaces.get_mut(&crtc) {
-            s.pending = Some(states);
+            s.pending = Some(frame);
         }
     }
 
-    /// The flip for `crtc` completed: returns the output and the states of the frame shown.
-    pub(crate) fn frame_submitted(&mut self, crtc: crtc::Handle) -> Option<(Output, RenderElementStates)> {
+    /// The flip for `crtc` completed: returns the output and the frame shown (`None` for a
+    /// flip of a frame cohere no longer tracks, after a reset).
+    pub(crate) fn frame_submitted(&mut self, crtc: crtc::Handle) -> Option<(Output, Option<PendingFrame>)> {
         let surface = self.surfaces.get_mut(&crtc)?;
         if let Err(err) = surface.compositor.frame_submitted() {
             tracing::warn!(?err, "frame_submitted");
         }
-        Some((surface.output.clone(), surface.pending.take().unwrap_or_default()))
+        Some((surface.output.clone(), surface.pending.take()))
     }
 
     /// The session was paused (VT switch): stop touching the device.

@@ -23,6 +23,7 @@ use smithay::backend::renderer::gles::GlesRenderer;
 use smithay::backend::renderer::pixman::PixmanRenderer;
 use smithay::backend::renderer::ImportDma;
 use smithay::backend::session::libseat::LibSeatSession;
+use smithay::desktop::utils::OutputPresentationFeedback;
 use smithay::output::Output;
 use smithay::reexports::calloop::LoopHandle;
 use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
@@ -37,6 +38,7 @@ use crate::path::guard::Guarded;
 use crate::render::Presented;
 
 use crate::State;
+use device::PendingFrame;
 use pacing::{Pacing, Trigger};
 
 pub use device::{Device, DeviceError};
@@ -164,7 +166,7 @@ impl Drm {
         let dmabuf = crate::import::surface_dmabuf(surface)?;
         let plan = self.coherency.plans.get(&dmabuf)?;
         let id = crate::path::direct::scanout_device(plan, &self.scanout_devices())?;
-        let (node, device) = self.devices.iter().find(|(n, _)| crate::coherency::DeviceId::from(**n) == id)?;
+        let (node, device) = self.devices.iter().find(|(_, d)| d.id == id)?;
         let render = self.import.formats().to_vec();
         let scanout: Vec<_> = device.scanout_formats().into_iter().filter(|f| render.contains(f)).collect();
         let main = self.import.default_feedback().map_or(node.dev_id(), |f| f.main_device);
@@ -200,7 +202,7 @@ impl Backend for Drm {
     }
 
     fn scanout_devices(&self) -> Vec<crate::coherency::DeviceId> {
-        self.devices.keys().map(|n| crate::coherency::DeviceId::from(*n)).collect()
+        self.devices.values().map(|d| d.id).collect()
     }
 
     fn device_stats(&self) -> Vec<crate::stats::DeviceStats> {
@@ -280,8 +282,9 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
             let on_planes = crate::render::scanned_out(&state.core, &states);
             state.core.commits.releases.frame_queued(output, on_planes);
             state.core.commits.releases.rendered(fence);
+            let feedback = crate::render::frame_made(&state.core, output, &states);
             if let Some(dev) = state.backend.devices.get_mut(&node) {
-                dev.set_pending_states(crtc, states);
+                dev.set_pending(crtc, device::PendingFrame { states, feedback });
             }
             state.backend.pacing.queued(output, &state.backend.handle);
         }
@@ -294,7 +297,8 @@ pub(crate) fn render_output(state: &mut State<Drm>, output: &Output, trigger: Tr
                 // No flip: the refresh tick stands in for the vblank, and says so (no flags).
                 let now = state.core.clock.now();
                 let seq = state.core.counters.frames + 1;
-                finish(state, output, &states, Presented::timer(now, refresh, seq));
+                let feedback = crate::render::frame_made(&state.core, output, &states);
+                finish(state, output, &states, feedback, Presented::timer(now, refresh, seq));
             }
             let tick = output.clone();
             let timer = smithay::reexports::calloop::timer::Timer::from_duration(refresh);
@@ -324,9 +328,15 @@ fn refresh_of(output: &Output) -> Duration {
     Duration::from_nanos(1_000_000_000_000 / mhz)
 }
 
-fn finish(state: &mut State<Drm>, output: &Output, states: &RenderElementStates, presented: Presented) {
+fn finish(
+    state: &mut State<Drm>,
+    output: &Output,
+    states: &RenderElementStates,
+    feedback: OutputPresentationFeedback,
+    presented: Presented,
+) {
     state.core.counters.frames += 1;
-    crate::render::finish_frame(&mut state.core, output, states, presented);
+    crate::render::finish_frame(&mut state.core, output, states, feedback, presented);
     state.publish_output_paths(output);
     if state.core.primary_output() == Some(output) {
         // Screenshots are refused at start-up on KMS, so only the exit condition applies.
@@ -342,12 +352,20 @@ pub(crate) fn vblank(
     flip: Option<EventMetadata>,
 ) {
     let Some(device) = state.backend.devices.get_mut(&node) else { return };
-    let Some((output, states)) = device.frame_submitted(crtc) else { return };
+    let Some((output, frame)) = device.frame_submitted(crtc) else { return };
     let presented = flip_presented(flip, state.core.clock.now(), refresh_of(&output), state.core.counters.frames + 1);
+    let PendingFrame { states, feedback } = frame
+        .unwrap_or_else(|| PendingFrame { states: RenderElementStates::default(), feedback: OutputPresentationFeedback::new(&output) });
     state.core.counters_of(&output).flips += 1;
     state.core.commits.releases.frame_shown(&output);
     state.core.commits.releases.poll_deferred();
-    finish(state, &output, &states, presented);
+    finish(state, &output, &states, feedback, presented);
+    // The presentation events and frame callbacks go out now, not after the render below: a
+    // client paced by them starts its next frame that much earlier, and that frame has one
+    // refresh for its draw, commit, copy and render.
+    if let Err(err) = state.core.display_handle.flush_clients() {
+        tracing::debug!(%err, "flushing clients after a flip");
+    }
     if state.backend.pacing.done(&output, Trigger::Vblank) {
         render_output(state, &output, Trigger::Vblank);
     }

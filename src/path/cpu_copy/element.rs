@@ -1,23 +1,27 @@
 //! The element that draws a CpuCopy surface from its shadow.
 
-use smithay::backend::renderer::element::memory::MemoryRenderBufferRenderElement;
+use smithay::backend::renderer::element::texture::TextureRenderElement;
 use smithay::backend::renderer::element::{Element, Id, Kind, RenderElement, UnderlyingStorage};
 use smithay::backend::renderer::utils::{Buffer, CommitCounter, DamageSet, OpaqueRegions, RendererSurfaceStateUserData};
-use smithay::backend::renderer::{ImportMem, Renderer};
+use smithay::backend::renderer::{ImportMem, Renderer, Texture};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::utils::{Buffer as BufferCoords, Physical, Point, Rectangle, Scale, Transform};
 use smithay::wayland::compositor::SurfaceData;
 
+use super::shadow::ReadPin;
 use super::CopyData;
 
 /// Draws a CpuCopy surface from its shadow; offers the client's buffer for direct scanout.
 #[derive(Debug)]
 pub struct CopiedSurfaceElement<R: Renderer> {
-    /// The surface's own id, so frame callbacks, presentation feedback and scanout-output
-    /// tracking (all keyed by the surface) see this element as the surface.
-    id: Id,
-    copy: MemoryRenderBufferRenderElement<R>,
+    /// Draws the shadow. Its id is the surface's own, so frame callbacks, presentation
+    /// feedback and scanout-output tracking (all keyed by the surface) see this element as the
+    /// surface.
+    copy: TextureRenderElement<R::TextureId>,
     buffer: Option<Buffer>,
+    /// Keeps the next copy out of the shadow until this frame is drawn, where the renderer
+    /// reads the shadow in place.
+    _pin: Option<ReadPin>,
 }
 
 /// The element for a surface whose current buffer is copied, or `None` to draw it the usual way.
@@ -40,16 +44,34 @@ where
     let rs = rs.lock().unwrap_or_else(|e| e.into_inner());
     let view = rs.view()?;
     let buffer = rs.buffer().cloned();
-    let copy =
-        MemoryRenderBufferRenderElement::from_buffer(renderer, location, &shadow.buffer, Some(alpha), Some(view.src), Some(view.dst), kind)
-            .map_err(|err| tracing::warn!(%err, "copied surface: texture import failed"))
-            .ok()?;
-    Some(CopiedSurfaceElement { id: Id::from_wayland_resource(surface), copy, buffer })
+    let shadow = shadow.buffer.clone();
+    // The texture is taken without the surface's locks: a copy may hold the shadow meanwhile.
+    drop((rs, guard));
+    let texture = shadow.texture(renderer).map_err(|err| tracing::warn!(%err, "copied surface: texture import failed")).ok()?;
+    let (_, scale, transform) = shadow.layout();
+    let copy = TextureRenderElement::from_texture_with_damage(
+        Id::from_wayland_resource(surface),
+        renderer.context_id(),
+        location,
+        texture.texture,
+        scale,
+        transform,
+        Some(alpha),
+        Some(view.src),
+        Some(view.dst),
+        None,
+        texture.damage,
+        kind,
+    );
+    Some(CopiedSurfaceElement { copy, buffer, _pin: texture.pin })
 }
 
-impl<R: Renderer> Element for CopiedSurfaceElement<R> {
+impl<R: Renderer> Element for CopiedSurfaceElement<R>
+where
+    R::TextureId: Texture,
+{
     fn id(&self) -> &Id {
-        &self.id
+        self.copy.id()
     }
     fn current_commit(&self) -> CommitCounter {
         self.copy.current_commit()
@@ -80,7 +102,8 @@ impl<R: Renderer> Element for CopiedSurfaceElement<R> {
 impl<R> RenderElement<R> for CopiedSurfaceElement<R>
 where
     R: Renderer,
-    MemoryRenderBufferRenderElement<R>: RenderElement<R>,
+    R::TextureId: Texture,
+    TextureRenderElement<R::TextureId>: RenderElement<R>,
 {
     fn draw(
         &self,

@@ -26,6 +26,7 @@
 
 mod element;
 pub mod rows;
+pub mod shadow;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -33,13 +34,13 @@ use std::sync::Mutex;
 
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::{Buffer as _, Fourcc};
-use smithay::backend::renderer::element::memory::MemoryRenderBuffer;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::utils::{Buffer as BufferCoords, Rectangle, Size, Transform};
 use smithay::wayland::compositor::with_states;
 
 pub use element::{element, CopiedSurfaceElement};
 pub use rows::{copy_rects, Plane, Reads};
+pub use shadow::ShadowBuffer;
 pub use worker::{CopyDone, CopyJob, CopyWorker, Done, Job};
 
 /// Why a copy could not be made. The surface shows what its shadow held before (nothing, for a
@@ -84,7 +85,7 @@ struct Geometry {
 #[derive(Debug, Clone)]
 struct Shadow {
     /// Shared with the copy thread while it writes a copy.
-    buffer: MemoryRenderBuffer,
+    buffer: ShadowBuffer,
     geometry: Geometry,
     /// Which shadow of the surface this is (a new layout makes a new one).
     generation: u64,
@@ -139,7 +140,7 @@ fn copy_cpp(dmabuf: &Dmabuf) -> Option<usize> {
         Some(l) if l.planes == 1 && dmabuf.num_planes() == 1 => usize::from(l.cpp[0]),
         _ => return None,
     };
-    // The shadow is a MemoryRenderBuffer, which panics on a format of unknown pixel size.
+    // Renderers that upload the shadow (`ImportMem`) panic on a format of unknown pixel size.
     (smithay::backend::allocator::format::get_bpp(format) == Some(cpp * 8)).then_some(cpp)
 }
 
@@ -171,7 +172,7 @@ pub fn plan(
             Some(target) if target.geometry == geometry => target.clone(),
             previous => {
                 let generation = previous.as_ref().map_or(0, |t| t.generation + 1);
-                let buffer = MemoryRenderBuffer::new(format, geometry.size, scale, transform, None);
+                let buffer = ShadowBuffer::new(format, geometry.size, cpp, scale, transform);
                 let target = Shadow { buffer, geometry, generation };
                 state.target = Some(target.clone());
                 target
@@ -179,8 +180,7 @@ pub fn plan(
         };
         let seq = state.next_seq;
         state.next_seq += 1;
-        let target_stride = geometry.size.w.max(0) as usize * cpp;
-        let job = CopyJob { id, seq, dmabuf: dmabuf.clone(), rects, cpp, reads, target: target.buffer.clone(), target_stride };
+        let job = CopyJob { id, seq, dmabuf: dmabuf.clone(), rects, cpp, reads, target: target.buffer.clone() };
         state.in_flight.insert(seq, target);
         Ok(Planned { job, seq })
     })

@@ -15,9 +15,8 @@ use smithay::backend::allocator::Buffer as _;
 use smithay::reexports::calloop::channel;
 use smithay::utils::{Buffer as BufferCoords, Rectangle};
 
-use smithay::backend::renderer::element::memory::MemoryRenderBuffer;
-
 use super::rows::{copy_rects, Plane, Reads};
+use super::shadow::ShadowBuffer;
 use super::CopyError;
 
 /// One commit's copy: which rectangles of which buffer, into which shadow.
@@ -36,9 +35,7 @@ pub struct CopyJob {
     /// How to read the buffer's memory.
     pub reads: Reads,
     /// The shadow to write.
-    pub target: MemoryRenderBuffer,
-    /// The shadow's bytes per row.
-    pub target_stride: usize,
+    pub target: ShadowBuffer,
 }
 
 /// What came back for job `id`.
@@ -209,14 +206,13 @@ fn copy(job: &mut CopyJob, mappings: &mut Mappings) -> Result<u64, CopyError> {
     let src = mappings.get(dmabuf, fd, len)?.bytes();
     dmabuf.sync_plane(0, DmabufSyncFlags::START | DmabufSyncFlags::READ).map_err(|e| CopyError::Sync(e.to_string()))?;
     let mut copied = 0;
-    let mut shadow = job.target.render();
-    let _ = shadow.draw(|dst: &mut [u8]| -> Result<Vec<Rectangle<i32, BufferCoords>>, std::convert::Infallible> {
-        let mut dst = Plane { bytes: dst, offset: 0, stride: job.target_stride };
-        copied = copy_rects(&Plane { bytes: src, offset, stride }, &mut dst, &job.rects, job.cpp, job.reads);
-        Ok(job.rects.clone())
-    });
+    let target_stride = job.target.stride();
     // The shadow's lock goes (and its damage is recorded) before the bracket closes.
-    drop(shadow);
+    job.target.write(|dst| {
+        let mut dst = Plane { bytes: dst, offset: 0, stride: target_stride };
+        copied = copy_rects(&Plane { bytes: src, offset, stride }, &mut dst, &job.rects, job.cpp, job.reads);
+        job.rects.clone()
+    });
     dmabuf.sync_plane(0, DmabufSyncFlags::END | DmabufSyncFlags::READ).map_err(|e| CopyError::Sync(e.to_string()))?;
     Ok(copied)
 }

@@ -59,7 +59,7 @@ where
         Some(alpha),
         Some(view.src),
         Some(view.dst),
-        None,
+        shadow.opaque_regions(),
         texture.damage,
         kind,
     );

@@ -111,6 +111,12 @@ impl ShadowBuffer {
         (self.0.size, self.0.scale, self.0.transform)
     }
 
+    /// The parts renderers may treat as opaque: all of it for a format without alpha (as
+    /// smithay treats such a client buffer), so nothing under it is drawn or blended.
+    pub fn opaque_regions(&self) -> Option<Vec<Rectangle<i32, BufferCoords>>> {
+        (!smithay::backend::allocator::format::has_alpha(self.0.format)).then(|| vec![Rectangle::from_size(self.0.size)])
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -151,8 +151,8 @@ pub struct Device {
     pub driver: String,
     /// The device's node.
     pub node: DrmNode,
-    /// The display device the plans name (`DeviceId::from(node)`), found in sysfs once: the
-    /// buffer-path reports and dma-buf feedback ask for it after every frame.
+    /// The display device the plans name (`DeviceId::from(node)`), found in sysfs once at
+    /// open: the buffer-path reports and dma-buf feedback ask for it after every frame.
     pub id: DeviceId,
     drm: DrmDevice,
     surfaces: HashMap<crtc::Handle, Surface>,
@@ -185,16 +185,18 @@ impl Device {
             })
             .map_err(|e| DeviceError::EventLoop { path: at(), source: e.error })?;
 
+        // The display device the plans name, found in sysfs once for the device and its outputs.
+        let id = DeviceId::from(node);
         let mut surfaces = HashMap::new();
         // On failure part-way, take back the outputs already announced and the event source.
-        if let Err(err) = add_outputs(&mut drm, &gbm, node, &card, &driver, setup, core, &mut surfaces) {
+        if let Err(err) = add_outputs(&mut drm, &gbm, id, &card, &driver, setup, core, &mut surfaces) {
             for s in surfaces.values() {
                 core.remove_output(&s.output);
             }
             handle.remove(token);
             return Err(err);
         }
-        Ok(Device { card, path: path.to_owned(), driver, node, id: DeviceId::from(node), drm, surfaces, token })
+        Ok(Device { card, path: path.to_owned(), driver, node, id, drm, surfaces, token })
     }
 
     /// The outputs of the device's connected connectors.
@@ -320,7 +322,7 @@ impl Device {
 fn add_outputs(
     drm: &mut DrmDevice,
     gbm: &GbmDevice<DrmDeviceFd>,
-    node: DrmNode,
+    id: DeviceId,
     card: &str,
     driver: &str,
     setup: &Setup<'_>,
@@ -361,8 +363,8 @@ fn add_outputs(
         // them (GBM on kms_swrast reports an implicit modifier Pixman won't bind). Client
         // buffers reach a plane only if the plan marked them for this node (path::direct).
         let allocator = DumbAllocator::new(drm.device_fd().clone());
-        let exporter = ScanoutFilter::new(SwapchainExporter::new(gbm.clone()), DeviceId::from(node), setup.verdicts.clone())
-            .keeping_off(setup.y_inverted.clone());
+        let exporter =
+            ScanoutFilter::new(SwapchainExporter::new(gbm.clone()), id, setup.verdicts.clone()).keeping_off(setup.y_inverted.clone());
         let cursor = drm.cursor_size();
         let compositor = DrmCompositor::new(
             smithay::output::OutputModeSource::Auto(output.clone()),
@@ -389,7 +391,7 @@ fn add_outputs(
             planes.primary.iter().chain(&planes.overlay).flat_map(|p| p.formats.iter().copied().collect::<Vec<_>>()).collect();
         formats.sort_by_key(|f| (f.code as u32, u64::from(f.modifier)));
         formats.dedup();
-        output.user_data().insert_if_missing_threadsafe(|| crate::paths::OutputDisplay { device: DeviceId(node.dev_id()), formats });
+        output.user_data().insert_if_missing_threadsafe(|| crate::paths::OutputDisplay { device: id, formats });
         tracing::info!(card, driver, output = name, w, h, "KMS output");
         surfaces.insert(crtc, Surface { output, compositor, pending: None });
     }
